@@ -1,0 +1,6 @@
+// attnkit: attention at scale. Include this one header for the whole public API.
+#pragma once
+
+#include "attnkit/attention.h"
+#include "attnkit/error.h"
+#include "attnkit/tensor.h"

@@ -1,0 +1,91 @@
+#include "core/thread_pool.h"
+
+#include <memory>
+
+#include "attnkit/attention.h"
+#include "attnkit/error.h"
+
+namespace attnkit {
+
+ThreadPool::ThreadPool(int threads) {
+  for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  start_.notify_all();
+  for (auto& w : workers_) w.join();
+}
+
+void ThreadPool::work(int thread) {
+  uint64_t seen = 0;
+  for (;;) {
+    std::unique_lock lock(mu_);
+    start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    while (next_ < items_) {
+      const int64_t item = next_++;
+      lock.unlock();
+      (*job_)(item, thread);
+      lock.lock();
+    }
+    if (--busy_ == 0) done_.notify_all();
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int)>& fn) {
+  if (n <= 0) return;
+  if (workers_.empty() || n == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+  std::unique_lock lock(mu_);
+  job_ = &fn;
+  items_ = n;
+  next_ = 0;
+  busy_ = static_cast<int>(workers_.size()) + 1;
+  ++generation_;
+  start_.notify_all();
+  while (next_ < items_) {
+    const int64_t item = next_++;
+    lock.unlock();
+    fn(item, 0);
+    lock.lock();
+  }
+  if (--busy_ > 0) done_.wait(lock, [&] { return busy_ == 0; });
+  job_ = nullptr;
+}
+
+namespace {
+int g_threads = 0;
+std::unique_ptr<ThreadPool> g_pool;
+std::mutex g_pool_mu;
+int default_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+}  // namespace
+
+ThreadPool& pool() {
+  std::lock_guard lock(g_pool_mu);
+  const int want = g_threads ? g_threads : default_threads();
+  if (!g_pool || g_pool->size() != want) g_pool = std::make_unique<ThreadPool>(want);
+  return *g_pool;
+}
+
+void set_num_threads(int n) {
+  if (n < 0 || n > 4096) throw Error("set_num_threads: expected 0 (all cores) .. 4096 threads, given " + std::to_string(n));
+  std::lock_guard lock(g_pool_mu);
+  g_threads = n;
+}
+
+int num_threads() {
+  std::lock_guard lock(g_pool_mu);
+  return g_threads ? g_threads : default_threads();
+}
+
+}  // namespace attnkit

@@ -1,0 +1,92 @@
+// Online-softmax pieces shared by the CPU flash kernels (Highway, per target).
+//
+// Scores live in a tile st[key][query] (keys × queries, row stride ld): a query's values are a
+// column, so the running max and sum of kBq queries are a few vectors and every update is a
+// vertical operation.
+
+#if defined(ATTNKIT_CPU_SOFTMAX_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNKIT_CPU_SOFTMAX_INL_H_
+#undef ATTNKIT_CPU_SOFTMAX_INL_H_
+#else
+#define ATTNKIT_CPU_SOFTMAX_INL_H_
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Which scores of a tile survive, and how logits are shaped before the softmax.
+struct TileLogits {
+  float softcap = 0.0f;  // > 0: s = softcap · tanh(s / softcap); s arrives already scaled
+  bool causal_partial = false;  // some (query, key) pair of the tile is causally masked
+  int64_t q_first = 0;          // position of the tile's first query within its sequence
+  int64_t k_first = 0;          // position of the tile's first key
+  int64_t diag = 0;             // nk − nq: query i sees keys j <= i + diag
+};
+
+// Applies softcap and the causal mask to st[0..rows)[0..cols) in place.
+HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, int64_t cols, const TileLogits& t) {
+  const hn::ScalableTag<float> df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const auto neg_inf = hn::Set(df, -std::numeric_limits<float>::infinity());
+  if (t.softcap > 0) {
+    const auto cap = hn::Set(df, t.softcap), inv = hn::Set(df, 1.0f / t.softcap);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; c += L) {
+        float* p = st + r * ld + c;
+        hn::StoreU(hn::Mul(cap, hn::Tanh(df, hn::Mul(hn::LoadU(df, p), inv))), df, p);
+      }
+  }
+  if (t.causal_partial) {
+    for (int64_t r = 0; r < rows; ++r) {
+      // key j = k_first + r is visible to query i when i >= j − diag
+      const auto first_visible = hn::Set(df, static_cast<float>(t.k_first + r - t.diag));
+      for (int64_t c = 0; c < cols; c += L) {
+        float* p = st + r * ld + c;
+        const auto qi = hn::Iota(df, static_cast<float>(t.q_first + c));
+        hn::StoreU(hn::IfThenElse(hn::Ge(qi, first_visible), hn::LoadU(df, p), neg_inf), df, p);
+      }
+    }
+  }
+}
+
+// One online-softmax step over a tile of `rows` keys: updates the running max m and sum l of
+// each query column, turns st into probabilities exp(s − m), and returns in alpha the factor
+// by which each query's earlier output must be rescaled. A column with no visible key so far
+// keeps m = −inf, l = 0 and probabilities 0.
+HWY_INLINE void OnlineSoftmaxStep(float* HWY_RESTRICT st, int64_t ld, int64_t rows, int64_t cols,
+                                  float* HWY_RESTRICT m, float* HWY_RESTRICT l, float* HWY_RESTRICT alpha) {
+  const hn::ScalableTag<float> df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const auto neg_inf = hn::Set(df, -std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < cols; c += L) {
+    auto mx = neg_inf;
+    for (int64_t r = 0; r < rows; ++r) mx = hn::Max(mx, hn::LoadU(df, st + r * ld + c));
+    const auto m_old = hn::LoadU(df, m + c);
+    const auto m_new = hn::Max(m_old, mx);
+    const auto m_use = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
+    const auto a = hn::Exp(df, hn::Sub(m_old, m_use));
+    auto sum = hn::Zero(df);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* p = st + r * ld + c;
+      const auto e = hn::Exp(df, hn::Sub(hn::LoadU(df, p), m_use));
+      hn::StoreU(e, df, p);
+      sum = hn::Add(sum, e);
+    }
+    hn::StoreU(hn::MulAdd(hn::LoadU(df, l + c), a, sum), df, l + c);
+    hn::StoreU(m_new, df, m + c);
+    hn::StoreU(a, df, alpha + c);
+  }
+}
+
+}  // namespace attnkit::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // include guard
