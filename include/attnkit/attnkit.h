@@ -2,5 +2,6 @@
 #pragma once
 
 #include "attnkit/attention.h"
+#include "attnkit/cost.h"
 #include "attnkit/error.h"
 #include "attnkit/tensor.h"
