@@ -5,7 +5,9 @@
 // A is read one element at a time and broadcast, so it may have any strides (a_rs, a_cs):
 // the same kernel reads K rows, Pᵀ columns or dSᵀ columns without a copy. B and C are row-major
 // with rows of 2·Lanes floats per step; callers pad their column counts to kColAlign.
-// Register block: R ≤ 8 rows × 2 vectors, 16 accumulators on AVX-512 (FMA latency × ports = 8).
+// Register block: R rows × 2 vectors of accumulators, R chosen so that accumulators, two B
+// vectors and a broadcast fit the register file (16 on AVX2, 32 on AVX-512) while keeping at
+// least FMA latency × ports = 8 independent sums in flight.
 
 #if defined(ATTNKIT_CPU_GEMM_TILE_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNKIT_CPU_GEMM_TILE_INL_H_
@@ -23,7 +25,11 @@ namespace attnkit::cpu::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Rows per register block.
+#if HWY_TARGET <= HWY_AVX3
 inline constexpr int64_t kTileRows = 8;
+#else
+inline constexpr int64_t kTileRows = 6;
+#endif
 
 enum class Accum { overwrite, add, scale_add };
 
