@@ -2,12 +2,12 @@
 // are recomputed tile by tile from the forward's LSE, so no Nq×Nk matrix is ever stored.
 //
 // Per sequence, the inputs are first packed to f32 with padded rows (Dp = D rounded up to 32):
-//   qt, dot : [Hq][Dp][Nqp]   transposed (qt also multiplied by scale)
+//   qt, dot : [Hq][Dp][Nqp]   transposed (qt also multiplied by scale · log2e: base-2 logits)
 //   qp, dop : [Hq][Nq][Dp]    kp, vp : [Hkv][Nk][Dp]
-//   lse, delta : [Hq][Nqp]    delta_i = do_i · o_i
+//   lse, delta : [Hq][Nqp]    lse in base 2; delta_i = do_i · o_i
 // Work items are (KV head, key tile of kBk). An item owns its dK, dV tile and walks every query
 // tile of every query head in its group:
-//   st  = K_t · qtᵀ          P = exp(st − lse)             (keys × queries)
+//   st  = K_t · qtᵀ          P = 2^(st − lse)              (keys × queries)
 //   dpt = V_t · dotᵀ         dS = P ∘ (dpt − delta) · scale
 //   dV_t += P · dO_tile      dK_t += dS · Q_tile           dQ_tile += dSᵀ · K_t
 // dQ is summed in one f32 buffer per thread and reduced at the end, so no two threads ever
@@ -81,7 +81,7 @@ Packed Pack(const Problem& pr, const Sequence& sq, const TensorView& q, const Te
         LoadRowF32(out, offset4(out, sq.batch, row, h, 0), out.strides[3], D, Dp, orow.data());
         for (int64_t d = 0; d < D; ++d) delta += orow[d] * di[d];
         const float l = static_cast<const float*>(lse.data)[offset3(lse, sq.batch, h, row)];
-        row_lse = l == -kInf ? kInf : l;  // a fully masked row has P = 0 everywhere
+        row_lse = l == -kInf ? kInf : l * kLog2e;  // a fully masked row has P = 0 everywhere
       } else {
         std::fill(qi, qi + Dp, 0.0f);
         std::fill(di, di + Dp, 0.0f);
@@ -89,7 +89,7 @@ Packed Pack(const Problem& pr, const Sequence& sq, const TensorView& q, const Te
       p.lse[h * nqp + i] = row_lse;
       p.delta[h * nqp + i] = delta;
       for (int64_t d = 0; d < Dp; ++d) {
-        qt[d * nqp + i] = pr.scale * qi[d];
+        qt[d * nqp + i] = pr.scale * kLog2e * qi[d];
         dot[d * nqp + i] = di[d];
       }
     }
@@ -115,7 +115,8 @@ struct BwdScratch {
   }
 };
 
-// P = exp(st − lse) and dS = P ∘ (dpt − delta) ∘ ∂softcap · scale, in place (st ← P, dpt ← dS).
+// P = 2^(st − lse) and dS = P ∘ (dpt − delta) ∘ ∂softcap · scale, in place (st ← P, dpt ← dS).
+// softcap arrives in base-2 units, so st / softcap is the tanh of the capped logit.
 HWY_INLINE void ProbsAndGrads(float* HWY_RESTRICT st, float* HWY_RESTRICT dpt, int64_t rows, const float* lse,
                               const float* delta, float scale, float softcap) {
   const hn::ScalableTag<float> df;
@@ -128,7 +129,7 @@ HWY_INLINE void ProbsAndGrads(float* HWY_RESTRICT st, float* HWY_RESTRICT dpt, i
       float* s = st + r * kBq + c;
       float* g = dpt + r * kBq + c;
       const auto logit = hn::LoadU(df, s);
-      const auto p = hn::Exp(df, hn::Sub(logit, hn::LoadU(df, lse + c)));
+      const auto p = Exp2(df, hn::Sub(logit, hn::LoadU(df, lse + c)));
       auto ds = hn::Mul(hn::Mul(p, hn::Sub(hn::LoadU(df, g), hn::LoadU(df, delta + c))), vscale);
       if (softcap > 0) {
         const auto t = hn::Mul(logit, inv_cap);  // tanh of the raw logit
@@ -181,7 +182,7 @@ void FlashBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
           const int64_t nq = std::min(kBq, sq.nq - i0);
           TileProduct<Accum::overwrite>(nk, kBq, {kt, Dp, 1}, p.qt.get() + h * Dp * nqp + i0, nqp, D, s.st, kBq);
           TileLogits shape;
-          shape.softcap = pr.softcap;
+          shape.softcap = pr.softcap * kLog2e;
           shape.causal_partial = pr.causal && j0 + nk - 1 > i0 + diag;
           shape.q_first = i0;
           shape.k_first = j0;
@@ -189,7 +190,7 @@ void FlashBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
           ShapeLogits(s.st, kBq, nk, kBq, shape);
           TileProduct<Accum::overwrite>(nk, kBq, {vt, Dp, 1}, p.dot.get() + h * Dp * nqp + i0, nqp, D, s.dpt, kBq);
           ProbsAndGrads(s.st, s.dpt, nk, p.lse.get() + h * nqp + i0, p.delta.get() + h * nqp + i0, pr.scale,
-                        pr.softcap);
+                        pr.softcap * kLog2e);
           const float* dO = p.dop.get() + (h * nqp + i0) * Dp;
           const float* Q = p.qp.get() + (h * nqp + i0) * Dp;
           TileProduct<Accum::add>(nk, Dp, {s.st, kBq, 1}, dO, Dp, nq, s.dv, Dp);

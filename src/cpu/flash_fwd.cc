@@ -2,12 +2,12 @@
 // Algorithm 1), Highway SIMD with runtime dispatch, threads over (sequence, head, query tile).
 //
 // Per work item, kBq queries of one head stream over the visible keys in tiles of kBk:
-//   st = K_tile · (scale · Q_tile)ᵀ          st : [kBk][kBq]   (keys × queries)
-//   m, l, alpha  online softmax per query     st becomes P = exp(st − m)
-//   o  = alpha ∘ o + Pᵀ V_tile               o  : [kBq][Dp]
-// and finally out = o / l, lse = m + log l. Extra memory is a few tiles per thread: O(1) in N.
-// K is read in place (the tile product broadcasts its elements, any strides); V is read in
-// place when it is f32 with contiguous, 32-aligned rows, else converted tile by tile.
+//   st = K_tile · (scale · log2e · Q_tile)ᵀ   st : [kBk][kBq]   (keys × queries, base-2 logits)
+//   m, l, alpha  online softmax per query      st becomes P = 2^(st − m)
+//   o  = alpha ∘ o + Pᵀ V_tile                o  : [kBq][Dp]
+// and finally out = o / l, lse = (m + log2 l) · ln2. Extra memory is a few tiles per thread:
+// O(1) in N. K and V tiles are copied (and converted to f32) into contiguous rows first: read in
+// place, rows H·D floats apart fall into the same L1 sets and evict each other.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/flash_fwd.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -29,18 +29,20 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu::HWY_NAMESPACE {
 namespace {
 
-constexpr int64_t kBq = 64;  // queries per tile (columns of st: a multiple of kColAlign)
+constexpr int64_t kBq = 128;  // queries per tile (columns of st: a multiple of kColAlign)
 constexpr int64_t kBk = 64;  // keys per tile
 
 struct FwdScratch {
   hwy::AlignedFreeUniquePtr<float[]> mem;
-  float *qt, *st, *o, *vp, *m, *l, *alpha;
+  float *qt, *st, *o, *kp, *vp, *m, *l, *alpha;
 
-  explicit FwdScratch(int64_t Dp) : mem(hwy::AllocateAligned<float>(Dp * kBq * 2 + kBk * kBq + kBk * Dp + 3 * kBq)) {
+  explicit FwdScratch(int64_t Dp)
+      : mem(hwy::AllocateAligned<float>(Dp * kBq * 2 + kBk * kBq + 2 * kBk * Dp + 3 * kBq)) {
     qt = mem.get();          // [Dp][kBq]
     st = qt + Dp * kBq;      // [kBk][kBq]
     o = st + kBk * kBq;      // [kBq][Dp]
-    vp = o + kBq * Dp;       // [kBk][Dp]
+    kp = o + kBq * Dp;       // [kBk][Dp]
+    vp = kp + kBk * Dp;      // [kBk][Dp]
     m = vp + kBk * Dp;       // [kBq]
     l = m + kBq;             // [kBq]
     alpha = l + kBq;         // [kBq]
@@ -60,11 +62,12 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
   const int64_t nq = std::min(kBq, sq.nq - i0);
   const int64_t diag = sq.nk - sq.nq;
 
-  // qt[d][i] = scale · q[i][d], zero-padded to Dp × kBq.
+  // qt[d][i] = scale · log2e · q[i][d], zero-padded to Dp × kBq.
+  const float qscale = pr.scale * kLog2e;
   std::fill(s.qt, s.qt + Dp * kBq, 0.0f);
   for (int64_t i = 0; i < nq; ++i) {
     const int64_t base = offset4(q, sq.batch, sq.q0 + i0 + i, h, 0);
-    for (int64_t d = 0; d < D; ++d) s.qt[d * kBq + i] = pr.scale * load_f32(q, base + d * q.strides[3]);
+    for (int64_t d = 0; d < D; ++d) s.qt[d * kBq + i] = qscale * load_f32(q, base + d * q.strides[3]);
   }
   std::fill(s.o, s.o + kBq * Dp, 0.0f);
   std::fill(s.m, s.m + kBq, -std::numeric_limits<float>::infinity());
@@ -76,21 +79,19 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     k_end = std::clamp<int64_t>(Problem::causal_end(i0 + nq - 1, sq.nq, sq.nk), 0, sq.nk);
     k_full = std::clamp<int64_t>(Problem::causal_end(i0, sq.nq, sq.nk), 0, sq.nk);
   }
-  const bool v_in_place = v.dtype == DType::f32 && v.strides[3] == 1 && D == Dp;
 
   for (int64_t j0 = 0; j0 < k_end; j0 += kBk) {
     const int64_t nk = std::min(kBk, k_end - j0);
     const int64_t kbase = offset4(k, sq.batch, sq.k0 + j0, hk, 0);
-    // st[j][i] = Σ_d k[j][d] · qt[d][i]
-    if (k.dtype == DType::f32) {
-      TileProduct<Accum::overwrite>(nk, kBq, {static_cast<const float*>(k.data) + kbase, k.strides[1], k.strides[3]},
-                                    s.qt, kBq, D, s.st, kBq);
-    } else {  // convert the key tile into vp (free until the values are loaded)
-      for (int64_t j = 0; j < nk; ++j) LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, s.vp + j * Dp);
-      TileProduct<Accum::overwrite>(nk, kBq, {s.vp, Dp, 1}, s.qt, kBq, D, s.st, kBq);
+    const int64_t vbase = offset4(v, sq.batch, sq.k0 + j0, hk, 0);
+    for (int64_t j = 0; j < nk; ++j) {
+      LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, s.kp + j * Dp);
+      LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, s.vp + j * Dp);
     }
+    // st[j][i] = Σ_d k[j][d] · qt[d][i]
+    TileProduct<Accum::overwrite>(nk, kBq, {s.kp, Dp, 1}, s.qt, kBq, D, s.st, kBq);
     TileLogits shape;
-    shape.softcap = pr.softcap;
+    shape.softcap = pr.softcap * kLog2e;
     shape.causal_partial = pr.causal && j0 + nk > k_full;
     shape.q_first = i0;
     shape.k_first = j0;
@@ -99,16 +100,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     OnlineSoftmaxStep(s.st, kBq, nk, kBq, s.m, s.l, s.alpha);
 
     // o[i][:] = alpha[i] · o[i][:] + Σ_j st[j][i] · v[j][:]
-    const int64_t vbase = offset4(v, sq.batch, sq.k0 + j0, hk, 0);
-    const float* vt = s.vp;
-    int64_t ldv = Dp;
-    if (v_in_place) {
-      vt = static_cast<const float*>(v.data) + vbase;
-      ldv = v.strides[1];
-    } else {
-      for (int64_t j = 0; j < nk; ++j) LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, s.vp + j * Dp);
-    }
-    TileProduct<Accum::scale_add>(nq, Dp, {s.st, 1, kBq}, vt, ldv, nk, s.o, Dp, s.alpha);
+    TileProduct<Accum::scale_add>(nq, Dp, {s.st, 1, kBq}, s.vp, Dp, nk, s.o, Dp, s.alpha);
   }
 
   for (int64_t i = 0; i < nq; ++i) {
@@ -118,7 +110,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     for (int64_t d = 0; d < D; ++d) store_f32(out, base + d * out.strides[3], s.o[i * Dp + d] * inv);
     if (!lse.empty()) {
       static_cast<float*>(lse.data)[offset3(lse, sq.batch, h, sq.q0 + i0 + i)] =
-          li > 0 ? s.m[i] + std::log(li) : -std::numeric_limits<float>::infinity();
+          li > 0 ? (s.m[i] + std::log2(li)) * kLn2 : -std::numeric_limits<float>::infinity();
     }
   }
 }
