@@ -82,8 +82,9 @@ void check_disjoint(const TensorView& out, const char* out_name, const TensorVie
 // One call runs on one backend: every tensor lives where q does.
 void check_device(const TensorView& t, const char* name, Device want) {
   if (t.device != want) {
-    throw Error(fmt::format("{}: expected a {} tensor like q, given a {} tensor", name, to_string(want),
-                            to_string(t.device)));
+    throw Error(fmt::format("q: a {} tensor, but {} is a {} tensor: expected every tensor of the call on q's "
+                            "device",
+                            to_string(want), name, to_string(t.device)));
   }
 }
 
