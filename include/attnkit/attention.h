@@ -36,8 +36,25 @@ struct AttentionParams {
   const Mask* mask = nullptr;  // optional sparsity pattern; nullptr is dense
   Algorithm algorithm = Algorithm::automatic;
   std::span<const int32_t> cu_seqlens_q;  // empty unless the batch is variable-length
-  std::span<const int32_t> cu_seqlens_k;
+  std::span<const int32_t> cu_seqlens_k;  // host memory, also for CUDA tensors (see below)
+
+  // CUDA tensors (Device::cuda) only. The backend follows the tensors: all of them must live
+  // on the current CUDA device. cu_seqlens stay host spans: they are validated on the host and
+  // passed to the kernels by value (at most kMaxCudaVarlenSeqs sequences), so a call copies
+  // nothing and allocates nothing. The call is asynchronous on `stream`.
+  void* stream = nullptr;        // a cudaStream_t; nullptr is the legacy default stream
+  void* workspace = nullptr;     // device memory for backward: backward_workspace_bytes()
+  int64_t workspace_bytes = 0;   // size of `workspace`
 };
+
+inline constexpr int kMaxCudaVarlenSeqs = 1024;
+
+// Device workspace (bytes) that backward needs for queries shaped like q; 0 for CPU tensors.
+// Forward needs none. Backward on CUDA tensors throws attnkit::Error if given less.
+int64_t backward_workspace_bytes(const TensorView& q);
+
+// Whether this build has the CUDA backend and a device of compute capability 9.0 is present.
+bool cuda_available();
 
 // Writes out (and lse when given). Throws attnkit::Error before touching any data when the
 // arguments do not fit together.

@@ -5,13 +5,65 @@
 #include "attnkit/error.h"
 #include "core/problem.h"
 #include "cpu/kernels.h"
+#ifdef ATTNKIT_HAS_CUDA
+#include "cuda/kernels.h"
+#endif
 #include "reference/attention_ref.h"
 
 namespace attnkit {
+namespace {
+
+// CUDA tensors: only the flash algorithm exists there.
+void check_cuda_algorithm(const AttentionParams& params) {
+  if (params.algorithm != Algorithm::automatic && params.algorithm != Algorithm::flash) {
+    throw Error(fmt::format("params.algorithm: CUDA tensors support auto or flash, given {}",
+                            to_string(params.algorithm)));
+  }
+}
+
+void cuda_forward(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& out, const AttentionParams& params, const TensorView& lse) {
+  check_cuda_algorithm(params);
+#ifdef ATTNKIT_HAS_CUDA
+  cuda::flash_fwd(pr, q, k, v, out, lse, params);
+#else
+  (void)pr, (void)q, (void)k, (void)v, (void)out, (void)lse;
+  throw Error("q: CUDA tensors need a build with the CUDA backend");
+#endif
+}
+
+void cuda_backward(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+                   const TensorView& out, const TensorView& dout, const TensorView& lse, const TensorView& dq,
+                   const TensorView& dk, const TensorView& dv, const AttentionParams& params) {
+  check_cuda_algorithm(params);
+#ifdef ATTNKIT_HAS_CUDA
+  cuda::flash_bwd(pr, q, k, v, out, dout, lse, dq, dk, dv, params);
+#else
+  (void)pr, (void)q, (void)k, (void)v, (void)out, (void)dout, (void)lse, (void)dq, (void)dk, (void)dv;
+  throw Error("q: CUDA tensors need a build with the CUDA backend");
+#endif
+}
+
+}  // namespace
+
+int64_t backward_workspace_bytes(const TensorView& q) {
+  if (q.device != Device::cuda || q.ndim != 4) return 0;
+  // delta = rowsum(dout ∘ out): [B, Hq, Sq] f32, 256-byte aligned.
+  return (q.shape[0] * q.shape[1] * q.shape[2] * 4 + 255) / 256 * 256;
+}
+
+bool cuda_available() {
+#ifdef ATTNKIT_HAS_CUDA
+  return cuda::device_available();
+#else
+  return false;
+#endif
+}
 
 void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
              const AttentionParams& params, const TensorView& lse) {
   const Problem pr = validate_forward(q, k, v, out, params, lse);
+  if (pr.device == Device::cuda) return cuda_forward(pr, q, k, v, out, params, lse);
   switch (params.algorithm) {
     case Algorithm::reference: {
       const ref::ForwardResult r = ref::forward(pr, q, k, v);
@@ -29,6 +81,7 @@ void backward(const TensorView& q, const TensorView& k, const TensorView& v, con
               const TensorView& dout, const TensorView& lse, const TensorView& dq, const TensorView& dk,
               const TensorView& dv, const AttentionParams& params) {
   const Problem pr = validate_backward(q, k, v, out, dout, lse, dq, dk, dv, params);
+  if (pr.device == Device::cuda) return cuda_backward(pr, q, k, v, out, dout, lse, dq, dk, dv, params);
   switch (params.algorithm) {
     case Algorithm::reference: {
       const ref::BackwardResult r = ref::backward(pr, q, k, v, dout);

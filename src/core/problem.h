@@ -24,6 +24,7 @@ struct Sequence {
 struct Problem {
   int64_t batch = 0, seq_q = 0, seq_k = 0;  // seq_* are the packed lengths when varlen
   int64_t heads_q = 0, heads_kv = 0, head_dim = 0;
+  Device device = Device::cpu;  // where every tensor of the call lives
   float scale = 1.0f;
   float softcap = 0.0f;
   bool causal = false;

@@ -16,10 +16,12 @@ constexpr int64_t kMaxElements = int64_t{1} << 40;  // 4 TiB of f32: beyond any 
 
 void check_view(const TensorView& t, const char* name, int ndim) {
   if (t.data == nullptr) throw Error(fmt::format("{}: expected a non-null data pointer", name));
+#ifndef ATTNKIT_HAS_CUDA
   if (t.device != Device::cpu) {
     throw Error(fmt::format("{}: expected a CPU tensor, given a {} tensor (this build has no {} backend)",
                             name, to_string(t.device), to_string(t.device)));
   }
+#endif
   if (t.ndim != ndim) {
     throw Error(fmt::format("{}: expected {} dimensions, given {} ({})", name, ndim, t.ndim, t.describe()));
   }
@@ -74,6 +76,15 @@ void check_disjoint(const TensorView& out, const char* out_name, const TensorVie
   const ByteRange a = byte_range(out), b = byte_range(other);
   if (a.lo < b.hi && b.lo < a.hi) {
     throw Error(fmt::format("{}: expected memory disjoint from {}, but the two views overlap", out_name, other_name));
+  }
+}
+
+// One call runs on one backend: every tensor lives where q does.
+void check_device(const TensorView& t, const char* name, Device want) {
+  if (t.device != want) {
+    throw Error(fmt::format("q: a {} tensor, but {} is a {} tensor: expected every tensor of the call on q's "
+                            "device",
+                            to_string(want), name, to_string(t.device)));
   }
 }
 
@@ -148,6 +159,7 @@ Problem common(const TensorView& q, const TensorView& k, const TensorView& v, co
   check_dtype(k, "k", q.dtype, "the dtype of q");
   check_dtype(v, "v", q.dtype, "the dtype of q");
   check_dtype(out, "out", q.dtype, "the dtype of q");
+  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) check_device(*t, name, q.device);
 
   Problem pr;
   pr.batch = q.shape[0];
@@ -177,6 +189,7 @@ Problem common(const TensorView& q, const TensorView& k, const TensorView& v, co
     throw Error(fmt::format("params.algorithm: expected auto, reference, naive or flash, given value {}",
                             static_cast<int>(p.algorithm)));
   }
+  pr.device = q.device;
   pr.scale = p.scale ? *p.scale : 1.0f / std::sqrt(static_cast<float>(pr.head_dim));
   pr.softcap = p.softcap;
   pr.causal = p.causal;
@@ -190,6 +203,7 @@ Problem common(const TensorView& q, const TensorView& k, const TensorView& v, co
 
 void check_lse(const TensorView& lse, const Problem& pr, const char* name) {
   check_view(lse, name, 3);
+  check_device(lse, name, pr.device);
   check_dtype(lse, name, DType::f32, "log-sum-exp is kept in f32");
   check_shape(lse, name, {pr.batch, pr.heads_q, pr.seq_q}, "[batch, heads_q, seq_q]");
 }
@@ -215,6 +229,7 @@ Problem validate_backward(const TensorView& q, const TensorView& k, const Tensor
   // out is an input here; the overlap rule for it is checked against the gradients below.
   Problem pr = common(q, k, v, out, p);
   check_view(dout, "dout", 4);
+  check_device(dout, "dout", pr.device);
   check_dtype(dout, "dout", q.dtype, "the dtype of q");
   check_shape(dout, "dout", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of out");
   check_lse(lse, pr, "lse");
@@ -223,6 +238,7 @@ Problem validate_backward(const TensorView& q, const TensorView& k, const Tensor
       {&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&dout, "dout"}, {&lse, "lse"}};
   for (auto [g, name] : grads) {
     check_view(*g, name, 4);
+    check_device(*g, name, pr.device);
     check_dtype(*g, name, q.dtype, "the dtype of q");
   }
   check_shape(dq, "dq", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");

@@ -1,0 +1,134 @@
+// The CUDA backend's host side: checks what the kernels support (beyond what validate.cc
+// checked for every backend), fills FlashParams from the views, and launches. No CUDA headers.
+//
+// Kernel requirements: bf16 or f16; head_dim 64, 128 or 256; head_dim contiguous (stride 1),
+// every other stride a multiple of 8 elements and data 16-byte aligned (16-byte copies); no
+// softcap or sparse mask yet; at most kMaxCudaVarlenSeqs packed sequences.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "attnkit/error.h"
+#include "cuda/flash_params.h"
+#include "cuda/kernels.h"
+
+namespace attnkit::cuda {
+static_assert(kMaxVarlenSeqs == kMaxCudaVarlenSeqs);
+namespace {
+
+void check_supported(const Problem& pr, const TensorView& q, const AttentionParams& params) {
+  if (q.dtype != DType::bf16 && q.dtype != DType::f16) {
+    throw Error(fmt::format("q: the CUDA backend takes bf16 or f16 tensors, given {}", to_string(q.dtype)));
+  }
+  if (pr.head_dim != 64 && pr.head_dim != 128 && pr.head_dim != 256) {
+    throw Error(fmt::format("q: the CUDA backend takes head_dim 64, 128 or 256, given {}", pr.head_dim));
+  }
+  if (pr.softcap != 0.0f) throw Error("params.softcap: not supported by the CUDA backend yet; expected 0");
+  if (pr.mask != nullptr) throw Error("params.mask: not supported by the CUDA backend yet; expected nullptr");
+  if (!params.cu_seqlens_q.empty() && pr.seqs.size() > static_cast<size_t>(kMaxCudaVarlenSeqs)) {
+    throw Error(fmt::format("params.cu_seqlens_q: the CUDA backend takes at most {} packed sequences, given {}",
+                            kMaxCudaVarlenSeqs, pr.seqs.size()));
+  }
+  if (pr.seq_q > INT32_MAX || pr.seq_k > INT32_MAX || pr.batch > 65535) {
+    throw Error(fmt::format("q: the CUDA backend takes batch <= 65535 and seq < 2^31, given {}", q.describe()));
+  }
+}
+
+Strides strides_of(const TensorView& t, const char* name) {
+  if (t.empty()) return {0, 0, 0};
+  if (t.strides[3] != 1 && t.shape[3] > 1) {
+    throw Error(fmt::format("{}: the CUDA backend needs head_dim contiguous (stride 1), given {}", name, t.describe()));
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (t.strides[i] % 8 != 0 && t.shape[i] > 1) {
+      throw Error(fmt::format("{}: the CUDA backend needs strides that are multiples of 8 elements, given {}", name,
+                              t.describe()));
+    }
+  }
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
+    throw Error(fmt::format("{}: the CUDA backend needs 16-byte aligned data", name));
+  }
+  return {t.strides[0], t.strides[1], t.strides[2]};
+}
+
+FlashParams make_params(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& out, const TensorView& lse, const AttentionParams& params) {
+  FlashParams p{};
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.o = out.data;
+  p.lse = static_cast<float*>(lse.data);
+  p.q_s = strides_of(q, "q");
+  p.k_s = strides_of(k, "k");
+  p.v_s = strides_of(v, "v");
+  p.o_s = strides_of(out, "out");
+  for (int i = 0; i < 3; ++i) p.lse_s[i] = lse.empty() ? 0 : lse.strides[i];
+  p.batch = static_cast<int>(pr.batch);
+  p.seq_q = static_cast<int>(pr.seq_q);
+  p.seq_k = static_cast<int>(pr.seq_k);
+  p.heads_q = static_cast<int>(pr.heads_q);
+  p.heads_kv = static_cast<int>(pr.heads_kv);
+  p.group = static_cast<int>(pr.group());
+  p.varlen = !params.cu_seqlens_q.empty();
+  p.num_seqs = p.varlen ? static_cast<int>(pr.seqs.size()) : p.batch;
+  if (p.varlen) {
+    std::copy(params.cu_seqlens_q.begin(), params.cu_seqlens_q.end(), p.cu_q);
+    std::copy(params.cu_seqlens_k.begin(), params.cu_seqlens_k.end(), p.cu_k);
+  }
+  p.scale = pr.scale;
+  p.scale_log2 = pr.scale * 1.44269504088896340736f;
+  return p;
+}
+
+// Longest sequences (the grid's extent along the query and key tiles).
+std::pair<int, int> max_lengths(const Problem& pr) {
+  int64_t mq = 0, mk = 0;
+  for (const Sequence& s : pr.seqs) {
+    mq = std::max(mq, s.nq);
+    mk = std::max(mk, s.nk);
+  }
+  return {static_cast<int>(mq), static_cast<int>(mk)};
+}
+
+}  // namespace
+
+void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& out, const TensorView& lse, const AttentionParams& params) {
+  check_supported(pr, q, params);
+  const FlashParams p = make_params(pr, q, k, v, out, lse, params);
+  const auto [mq, mk] = max_lengths(pr);
+  (void)mk;
+  if (p.num_seqs == 0 || mq == 0) return;
+  launch_flash_fwd(p, q.dtype == DType::bf16, static_cast<int>(pr.head_dim), pr.causal, mq, params.stream);
+}
+
+void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& out, const TensorView& dout, const TensorView& lse, const TensorView& dq,
+               const TensorView& dk, const TensorView& dv, const AttentionParams& params) {
+  check_supported(pr, q, params);
+  const int64_t need = backward_workspace_bytes(q);
+  if (params.workspace == nullptr || params.workspace_bytes < need) {
+    throw Error(fmt::format("params.workspace: CUDA backward needs {} bytes of device workspace "
+                            "(backward_workspace_bytes(q)), given {} bytes at {}",
+                            need, params.workspace_bytes, params.workspace));
+  }
+  FlashParams p = make_params(pr, q, k, v, out, lse, params);
+  p.dout = dout.data;
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  p.delta = static_cast<float*>(params.workspace);
+  p.do_s = strides_of(dout, "dout");
+  p.dq_s = strides_of(dq, "dq");
+  p.dk_s = strides_of(dk, "dk");
+  p.dv_s = strides_of(dv, "dv");
+  const auto [mq, mk] = max_lengths(pr);
+  if (p.num_seqs == 0 || (mq == 0 && mk == 0)) return;
+  launch_flash_bwd(p, q.dtype == DType::bf16, static_cast<int>(pr.head_dim), pr.causal, std::max(mq, 1),
+                   std::max(mk, 1), params.stream);
+}
+
+}  // namespace attnkit::cuda
