@@ -102,7 +102,12 @@ void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   const auto [mq, mk] = max_lengths(pr);
   (void)mk;
   if (p.num_seqs == 0 || mq == 0) return;
-  launch_flash_fwd(p, q.dtype == DType::bf16, static_cast<int>(pr.head_dim), pr.causal, mq, params.stream);
+  const bool bf16 = q.dtype == DType::bf16;
+  const int d = static_cast<int>(pr.head_dim);
+#ifdef ATTNKIT_CUDA_SM90
+  if (launch_flash_fwd_sm90(p, bf16, d, pr.causal, mq, params.stream)) return;
+#endif
+  launch_flash_fwd(p, bf16, d, pr.causal, mq, params.stream);
 }
 
 void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,

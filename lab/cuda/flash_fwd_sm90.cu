@@ -1,0 +1,50 @@
+// Host launch of the Hopper forward kernel (flash_fwd_sm90.cuh): builds the TMA tensor maps
+// and turns runtime head_dim, dtype and causal into template arguments (2 × 2 × 2
+// instantiations). Head dims other than 64 and 128 stay on the sm80 kernel.
+#include "cuda/launch_util.cuh"
+#include "flash_fwd_sm90.cuh"
+#include "tma_host_sm90.h"
+
+namespace attnkit::cuda {
+namespace {
+
+template <int kD, bool kBf16, bool kCausal>
+void run_fwd_sm90(const FlashParams& p, int max_seq_q, cudaStream_t stream) {
+  using Tile = Sm90FwdTile<kD>;
+  Sm90Maps maps;
+  const int64_t b = p.varlen ? 1 : p.batch;
+  maps.q = make_tile_map(p.q, kBf16, kD, p.seq_q, p.heads_q, b, p.q_s.row, p.q_s.head, p.q_s.batch, Tile::kBM);
+  maps.k = make_tile_map(p.k, kBf16, kD, p.seq_k, p.heads_kv, b, p.k_s.row, p.k_s.head, p.k_s.batch, Tile::kBN);
+  maps.v = make_tile_map(p.v, kBf16, kD, p.seq_k, p.heads_kv, b, p.v_s.row, p.v_s.head, p.v_s.batch, Tile::kBN);
+  auto kernel = flash_fwd_sm90_kernel<kD, kBf16, kCausal>;
+  allow_smem(kernel, Tile::kSmemBytes);
+  const dim3 grid((max_seq_q + Tile::kBM - 1) / Tile::kBM, p.heads_q, p.num_seqs);
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, maps);
+  check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch");
+}
+
+template <int kD, bool kBf16>
+void run_fwd_sm90(const FlashParams& p, bool causal, int max_seq_q, cudaStream_t stream) {
+  if (causal) return run_fwd_sm90<kD, kBf16, true>(p, max_seq_q, stream);
+  run_fwd_sm90<kD, kBf16, false>(p, max_seq_q, stream);
+}
+
+template <int kD>
+void run_fwd_sm90(const FlashParams& p, bool is_bf16, bool causal, int max_seq_q, cudaStream_t stream) {
+  if (is_bf16) return run_fwd_sm90<kD, true>(p, causal, max_seq_q, stream);
+  run_fwd_sm90<kD, false>(p, causal, max_seq_q, stream);
+}
+
+}  // namespace
+
+bool launch_flash_fwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,
+                           void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (head_dim) {
+    case 64: run_fwd_sm90<64>(p, is_bf16, causal, max_seq_q, s); return true;
+    case 128: run_fwd_sm90<128>(p, is_bf16, causal, max_seq_q, s); return true;
+    default: return false;
+  }
+}
+
+}  // namespace attnkit::cuda

@@ -1,0 +1,213 @@
+// Flash attention forward on Hopper (sm_90a): TMA + wgmma, warp specialised (FlashAttention-3,
+// Shah et al. 2024, §3.1). One CTA owns kBM = 128 query rows of one head of one sequence:
+//   warpgroup 0, the producer: one thread loads the Q tile once and the K and V tiles (kBN key
+//     rows each) into a kStages-deep ring with TMA, each stage completing on an mbarrier
+//     ("full"); it reuses a stage once both consumers have released it ("empty");
+//   warpgroups 1 and 2, the consumers: 64 query rows each, for each key tile
+//     S = Q Kᵀ         (wgmma m64n{kBN}k16, Q and K from shared memory)
+//     m' = max(m, rowmax S);  P = 2^(S·c − m'·c) with c = scale·log2(e) (one FFMA + EX2)
+//     l = l·2^((m − m')·c) + rowsum P;  O = O·2^((m − m')·c) + P V
+//                      (wgmma m64n{kD}k16, P from registers, V from shared memory transposed)
+//   then O /= l, lse = (m·c + log2 l)·ln 2. Key tiles run from the last to the first, so the
+//   causal diagonal (the only tiles that need a mask) comes first.
+// setmaxnreg gives the consumers 232 registers and the producer 40.
+// Layouts: q, o [B, Sq, Hq, D]; k, v [B, Sk, Hkv, D]; lse [B, Hq, Sq] (FlashParams); shared
+// tiles in swizzled column blocks (hopper_sm90.cuh). Grid: (ceil(max Sq / kBM), Hq, num_seqs),
+// the longest causal rows first. Causal masking is bottom-right aligned.
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+
+#include "cuda/flash_params.h"
+#include "cuda/mma_sm80.cuh"
+#include "hopper_sm90.cuh"
+#include "wgmma_ops_sm90.cuh"
+
+namespace attnkit::cuda {
+
+struct Sm90Maps {
+  CUtensorMap q, k, v;  // 4-d maps [B][S][H][D], boxes of 64 columns (tma_host_sm90.h)
+};
+
+template <int kD>
+struct Sm90FwdTile {
+  static constexpr int kBM = 128;  // query rows per CTA: two consumer warpgroups × 64
+  static constexpr int kBN = 128;  // key rows per tile
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 384;
+  static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
+  static constexpr int kQBytes = kBM * kD * 2;
+  static constexpr int kKVBytes = kBN * kD * 2;
+  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarBytes;
+};
+
+template <int kD, bool kBf16, bool kCausal>
+__global__ void __launch_bounds__(384, 1)
+    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps) {
+  using T = Elem<kBf16>;
+  using Tile = Sm90FwdTile<kD>;
+  constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sQ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint8_t* sK = sQ + Tile::kQBytes;                // [kStages][kBlocks][kBN][128 B]
+  uint8_t* sV = sK + kStages * Tile::kKVBytes;     // [kStages][kBlocks][kBN][128 B]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kStages * Tile::kKVBytes);
+  uint64_t* bar_q = bars;
+  uint64_t* full_k = bars + 1;
+  uint64_t* full_v = full_k + kStages;
+  uint64_t* empty = full_v + kStages;
+
+  const SeqInfo si = seq_info(p, blockIdx.z);
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  if (m0 >= si.nq) return;
+  const int h = blockIdx.y, hk = h / p.group;
+  const int diag = si.nk - si.nq;  // query i sees key j when j <= i + diag (causal)
+  int n_end = si.nk;
+  if (kCausal) n_end = min(n_end, m0 + kBM + diag);
+  const int n_blocks = n_end > 0 ? (n_end + kBN - 1) / kBN : 0;
+
+  if (threadIdx.x == 0) {
+    mbar_init(bar_q, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full_k[s], 1);
+      mbar_init(&full_v[s], 1);
+      mbar_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) {  // producer warpgroup
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      const int b = p.varlen ? 0 : si.batch;
+      mbar_arrive_expect_tx(bar_q, Tile::kQBytes);
+#pragma unroll
+      for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(sQ + c * kBM * 128, &maps.q, bar_q, c * 64, si.q0 + m0, h, b);
+      for (int it = 0; it < n_blocks; ++it) {
+        const int j = n_blocks - 1 - it, s = it % kStages;
+        mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+        const int row = si.k0 + j * kBN;
+        uint8_t* k_dst = sK + s * Tile::kKVBytes;
+        uint8_t* v_dst = sV + s * Tile::kKVBytes;
+        mbar_arrive_expect_tx(&full_k[s], Tile::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(k_dst + c * kBN * 128, &maps.k, &full_k[s], c * 64, row, hk, b);
+        mbar_arrive_expect_tx(&full_v[s], Tile::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(v_dst + c * kBN * 128, &maps.v, &full_v[s], c * 64, row, hk, b);
+      }
+    }
+    return;
+  }
+
+  // Consumer warpgroups.
+  setmaxnreg_inc<232>();
+  const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int wg_m0 = m0 + wg * 64;
+  const int row_a = wg_m0 + warp * 16 + lane / 4;  // rows row_a and row_a + 8, within the sequence
+  const float c = p.scale_log2;
+  float o[kD / 2];  // O: m64 × kD accumulator fragment
+#pragma unroll
+  for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
+  mbar_wait(bar_q, 0);
+
+  for (int it = 0; it < n_blocks; ++it) {
+    const int j = n_blocks - 1 - it, s = it % kStages;
+    const uint32_t phase = (it / kStages) & 1;
+    const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes), v_addr = smem_u32(sV + s * Tile::kKVBytes);
+    float sc[kBN / 2];  // S: m64 × kBN
+    mbar_wait(&full_k[s], phase);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t off = (kk / 4) * 0 + (kk % 4) * 32;
+      const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
+      const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
+      wgmma_ss<kBN, kBf16>(sc, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(sc);
+
+    const int n0 = j * kBN;
+    const bool need_mask = n0 + kBN > si.nk || (kCausal && n0 + kBN - 1 > wg_m0 + diag);
+    if (need_mask) {
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n0 + 8 * i + 2 * (lane % 4) + (e & 1), row = row_a + (e >> 1) * 8;
+          if (col >= si.nk || (kCausal && col > row + diag)) sc[4 * i + e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i) mx = fmaxf(mx, fmaxf(sc[4 * i + 2 * r], sc[4 * i + 2 * r + 1]));
+      const float m_new = quad_max(mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new * c;  // a row with nothing visible yet
+      const float alpha = fast_exp2(m[r] * c - m_use);
+      m[r] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i) {
+        sc[4 * i + 2 * r] = fast_exp2(fmaf(sc[4 * i + 2 * r], c, -m_use));
+        sc[4 * i + 2 * r + 1] = fast_exp2(fmaf(sc[4 * i + 2 * r + 1], c, -m_use));
+        sum += sc[4 * i + 2 * r] + sc[4 * i + 2 * r + 1];
+      }
+      l[r] = l[r] * alpha + sum;
+#pragma unroll
+      for (int d = 0; d < kD / 8; ++d) {
+        o[4 * d + 2 * r] *= alpha;
+        o[4 * d + 2 * r + 1] *= alpha;
+      }
+    }
+    uint32_t pa[kBN / 16][4];  // P as the A fragments of O += P V
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      pa[kk][0] = pack2<kBf16>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      pa[kk][1] = pack2<kBf16>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      pa[kk][2] = pack2<kBf16>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      pa[kk][3] = pack2<kBf16>(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+    mbar_wait(&full_v[s], phase);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t db = make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024);
+      wgmma_rs<kD, kBf16, true>(o, pa[kk], db, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  // Epilogue: O /= l (0 for a row that sees no key), lse, O straight to global memory.
+  T* gO = static_cast<T*>(p.o) + si.batch * p.o_s.batch + si.q0 * p.o_s.row + h * p.o_s.head;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float lt = quad_sum(l[r]);
+    const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+    const int row = row_a + r * 8;
+    if (row >= si.nq) continue;
+    if (p.lse != nullptr && lane % 4 == 0) {
+      const float lse = lt > 0.0f ? (m[r] * c + log2f(lt)) * 0.69314718055994531f : -INFINITY;
+      p.lse[si.batch * p.lse_s[0] + h * p.lse_s[1] + (si.q0 + row) * p.lse_s[2]] = lse;
+    }
+    T* g = gO + row * p.o_s.row + 2 * (lane % 4);
+#pragma unroll
+    for (int d = 0; d < kD / 8; ++d) {
+      *reinterpret_cast<uint32_t*>(g + 8 * d) = pack2<kBf16>(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
+    }
+  }
+}
+
+}  // namespace attnkit::cuda
