@@ -35,7 +35,7 @@ template <int kD>
 struct Sm90FwdTile {
   static constexpr int kBM = 128;  // query rows per CTA: two consumer warpgroups × 64
   static constexpr int kBN = 128;  // key rows per tile
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kD <= 64 ? 4 : 3;  // 226 KB of shared memory at kD = 128
   static constexpr int kThreads = 384;
   static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
   static constexpr int kQBytes = kBM * kD * 2;
@@ -117,13 +117,9 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
   mbar_wait(bar_q, 0);
 
-  for (int it = 0; it < n_blocks; ++it) {
-    const int j = n_blocks - 1 - it, s = it % kStages;
-    const uint32_t phase = (it / kStages) & 1;
-    const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes), v_addr = smem_u32(sV + s * Tile::kKVBytes);
-    float sc[kBN / 2];  // S: m64 × kBN
-    mbar_wait(&full_k[s], phase);
-    wgmma_fence();
+  // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for).
+  auto issue_s = [&](float (&sc)[kBN / 2], int s) {
+    const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off = (kk / 4) * 0 + (kk % 4) * 32;
@@ -132,9 +128,20 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_ss<kBN, kBf16>(sc, da, db, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-
+  };
+  // O += P V for the value tile in stage s, issued and committed.
+  auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int s) {
+    const uint32_t v_addr = smem_u32(sV + s * Tile::kKVBytes);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t db = make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024);
+      wgmma_rs<kD, kBf16, true>(o, pa[kk], db, 1);
+    }
+    wgmma_commit();
+  };
+  // Masks key tile j of S, updates m and l, turns S into P (f32) and returns the factors
+  // 2^((m − m')·c) by which O must be rescaled.
+  auto softmax = [&](float (&sc)[kBN / 2], int j, float (&alpha)[2]) {
     const int n0 = j * kBN;
     const bool need_mask = n0 + kBN > si.nk || (kCausal && n0 + kBN - 1 > wg_m0 + diag);
     if (need_mask) {
@@ -153,7 +160,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int i = 0; i < kBN / 8; ++i) mx = fmaxf(mx, fmaxf(sc[4 * i + 2 * r], sc[4 * i + 2 * r + 1]));
       const float m_new = quad_max(mx);
       const float m_use = m_new == -INFINITY ? 0.0f : m_new * c;  // a row with nothing visible yet
-      const float alpha = fast_exp2(m[r] * c - m_use);
+      alpha[r] = fast_exp2(m[r] * c - m_use);
       m[r] = m_new;
       float sum = 0.0f;
 #pragma unroll
@@ -162,14 +169,10 @@ __global__ void __launch_bounds__(384, 1)
         sc[4 * i + 2 * r + 1] = fast_exp2(fmaf(sc[4 * i + 2 * r + 1], c, -m_use));
         sum += sc[4 * i + 2 * r] + sc[4 * i + 2 * r + 1];
       }
-      l[r] = l[r] * alpha + sum;
-#pragma unroll
-      for (int d = 0; d < kD / 8; ++d) {
-        o[4 * d + 2 * r] *= alpha;
-        o[4 * d + 2 * r + 1] *= alpha;
-      }
+      l[r] = l[r] * alpha[r] + sum;
     }
-    uint32_t pa[kBN / 16][4];  // P as the A fragments of O += P V
+  };
+  auto to_p = [&](const float (&sc)[kBN / 2], uint32_t (&pa)[kBN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       pa[kk][0] = pack2<kBf16>(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -177,17 +180,58 @@ __global__ void __launch_bounds__(384, 1)
       pa[kk][2] = pack2<kBf16>(sc[8 * kk + 4], sc[8 * kk + 5]);
       pa[kk][3] = pack2<kBf16>(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
-    mbar_wait(&full_v[s], phase);
+  };
+  auto release = [&](int s) {
+    if (lane == 0) mbar_arrive(&empty[s]);
+  };
+
+  // Software pipeline within the warpgroup (FlashAttention-3 §3.2): the S product of tile
+  // it runs on the tensor cores together with the P V product of tile it − 1, and the
+  // softmax of tile it overlaps the latter.
+  float sc[kBN / 2];          // S, then P (f32): m64 × kBN
+  uint32_t pa[kBN / 16][4];   // P as the A fragments of O += P V
+  float alpha[2];
+  if (n_blocks > 0) {
+    mbar_wait(&full_k[0], 0);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t db = make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024);
-      wgmma_rs<kD, kBf16, true>(o, pa[kk], db, 1);
-    }
-    wgmma_commit();
+    issue_s(sc, 0);
+    wgmma_wait<0>();
+    fence_regs(sc);
+    softmax(sc, n_blocks - 1, alpha);
+    to_p(sc, pa);
+  }
+  for (int it = 1; it < n_blocks; ++it) {
+    const int s = it % kStages, prev = (it - 1) % kStages;
+    mbar_wait(&full_k[s], (it / kStages) & 1);
+    wgmma_fence();
+    issue_s(sc, s);
+    mbar_wait(&full_v[prev], ((it - 1) / kStages) & 1);
+    issue_pv(pa, prev);
+    wgmma_wait<1>();
+    fence_regs(sc);
+    softmax(sc, n_blocks - 1 - it, alpha);
     wgmma_wait<0>();
     fence_regs(o);
-    if (lane == 0) mbar_arrive(&empty[s]);
+    fence_regs(pa);
+    release(prev);
+#pragma unroll
+    for (int d = 0; d < kD / 8; ++d) {
+      o[4 * d] *= alpha[0];
+      o[4 * d + 1] *= alpha[0];
+      o[4 * d + 2] *= alpha[1];
+      o[4 * d + 3] *= alpha[1];
+    }
+    to_p(sc, pa);
+  }
+  if (n_blocks > 0) {
+    const int last = (n_blocks - 1) % kStages;
+    mbar_wait(&full_v[last], ((n_blocks - 1) / kStages) & 1);
+    wgmma_fence();
+    issue_pv(pa, last);
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(pa);
+    release(last);
   }
 
   // Epilogue: O /= l (0 for a row that sees no key), lse, O straight to global memory.
