@@ -1,6 +1,8 @@
 // Host launch of the Hopper forward kernel (flash_fwd_sm90.cuh): builds the TMA tensor maps
 // and turns runtime head_dim, dtype and causal into template arguments (2 × 2 × 2
 // instantiations). Head dims other than 64 and 128 stay on the sm80 kernel.
+#include <algorithm>
+
 #include "cuda/launch_util.cuh"
 #include "flash_fwd_sm90.cuh"
 #include "tma_host_sm90.h"
@@ -18,8 +20,14 @@ void run_fwd_sm90(const FlashParams& p, int max_seq_q, cudaStream_t stream) {
   maps.v = make_tile_map(p.v, kBf16, kD, p.seq_k, p.heads_kv, b, p.v_s.row, p.v_s.head, p.v_s.batch, Tile::kBN);
   auto kernel = flash_fwd_sm90_kernel<kD, kBf16, kCausal>;
   allow_smem(kernel, Tile::kSmemBytes);
-  const dim3 grid((max_seq_q + Tile::kBM - 1) / Tile::kBM, p.heads_q, p.num_seqs);
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, maps);
+  // Persistent: one CTA per multiprocessor walks the (query tile, head, sequence) list.
+  int dev = 0, sms = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  const int m_tiles = (max_seq_q + Tile::kBM - 1) / Tile::kBM;
+  const int64_t total = int64_t{m_tiles} * p.heads_q * p.num_seqs;
+  const int grid = static_cast<int>(std::min<int64_t>(total, sms));
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, maps, m_tiles);
   check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch");
 }
 

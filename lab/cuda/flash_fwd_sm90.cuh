@@ -40,13 +40,31 @@ struct Sm90FwdTile {
   static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
   static constexpr int kQBytes = kBM * kD * 2;
   static constexpr int kKVBytes = kBN * kD * 2;
-  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  static constexpr int kBarBytes = 8 * (2 + 3 * kStages);
   static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarBytes;
 };
 
+// One unit of work: query tile m0 of head h of sequence z.
+struct Sm90Work {
+  SeqInfo si;
+  int m0, h;
+};
+// Work w of a persistent CTA's static schedule: query tiles innermost, so that the CTAs
+// running at once share a few heads' K and V in L2; within a head the last (longest when
+// causal) query tiles first.
+template <int kBM>
+__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int w, int m_tiles) {
+  const int hz = w / m_tiles;
+  Sm90Work u;
+  u.m0 = (m_tiles - 1 - w % m_tiles) * kBM;
+  u.h = hz % p.heads_q;
+  u.si = seq_info(p, hz / p.heads_q);
+  return u;
+}
+
 template <int kD, bool kBf16, bool kCausal>
 __global__ void __launch_bounds__(384, 1)
-    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps) {
+    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps, int m_tiles) {
   using T = Elem<kBf16>;
   using Tile = Sm90FwdTile<kD>;
   constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
@@ -55,22 +73,16 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* sK = sQ + Tile::kQBytes;                // [kStages][kBlocks][kBN][128 B]
   uint8_t* sV = sK + kStages * Tile::kKVBytes;     // [kStages][kBlocks][kBN][128 B]
   uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kStages * Tile::kKVBytes);
-  uint64_t* bar_q = bars;
-  uint64_t* full_k = bars + 1;
+  uint64_t* bar_q = bars;        // Q tile loaded
+  uint64_t* q_empty = bars + 1;  // Q tile free again (both consumers done with it)
+  uint64_t* full_k = bars + 2;
   uint64_t* full_v = full_k + kStages;
   uint64_t* empty = full_v + kStages;
-
-  const SeqInfo si = seq_info(p, blockIdx.z);
-  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
-  if (m0 >= si.nq) return;
-  const int h = blockIdx.y, hk = h / p.group;
-  const int diag = si.nk - si.nq;  // query i sees key j when j <= i + diag (causal)
-  int n_end = si.nk;
-  if (kCausal) n_end = min(n_end, m0 + kBM + diag);
-  const int n_blocks = n_end > 0 ? (n_end + kBN - 1) / kBN : 0;
+  const int total = m_tiles * p.heads_q * p.num_seqs;
 
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
+    mbar_init(q_empty, 8);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full_k[s], 1);
       mbar_init(&full_v[s], 1);
@@ -83,22 +95,36 @@ __global__ void __launch_bounds__(384, 1)
   if (threadIdx.x < 128) {  // producer warpgroup
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      const int b = p.varlen ? 0 : si.batch;
-      mbar_arrive_expect_tx(bar_q, Tile::kQBytes);
+      int kv_it = 0, t = 0;  // K/V tiles and query tiles loaded so far (the rings' phases)
+      for (int w = blockIdx.x; w < total; w += gridDim.x) {
+        const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+        const SeqInfo& si = u.si;
+        if (u.m0 >= si.nq) continue;
+        int n_end = si.nk;
+        if (kCausal) n_end = min(n_end, u.m0 + kBM + si.nk - si.nq);
+        const int n_blocks = n_end > 0 ? (n_end + kBN - 1) / kBN : 0;
+        const int b = p.varlen ? 0 : si.batch, hk = u.h / p.group;
+        mbar_wait(q_empty, (t & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_q, Tile::kQBytes);
 #pragma unroll
-      for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(sQ + c * kBM * 128, &maps.q, bar_q, c * 64, si.q0 + m0, h, b);
-      for (int it = 0; it < n_blocks; ++it) {
-        const int j = n_blocks - 1 - it, s = it % kStages;
-        mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-        const int row = si.k0 + j * kBN;
-        uint8_t* k_dst = sK + s * Tile::kKVBytes;
-        uint8_t* v_dst = sV + s * Tile::kKVBytes;
-        mbar_arrive_expect_tx(&full_k[s], Tile::kKVBytes);
+        for (int c = 0; c < Tile::kBlocks; ++c)
+          tma_load_4d(sQ + c * kBM * 128, &maps.q, bar_q, c * 64, si.q0 + u.m0, u.h, b);
+        ++t;
+        for (int it = 0; it < n_blocks; ++it, ++kv_it) {
+          const int j = n_blocks - 1 - it, s = kv_it % kStages;
+          mbar_wait(&empty[s], ((kv_it / kStages) & 1) ^ 1);
+          const int row = si.k0 + j * kBN;
+          uint8_t* k_dst = sK + s * Tile::kKVBytes;
+          uint8_t* v_dst = sV + s * Tile::kKVBytes;
+          mbar_arrive_expect_tx(&full_k[s], Tile::kKVBytes);
 #pragma unroll
-        for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(k_dst + c * kBN * 128, &maps.k, &full_k[s], c * 64, row, hk, b);
-        mbar_arrive_expect_tx(&full_v[s], Tile::kKVBytes);
+          for (int c = 0; c < Tile::kBlocks; ++c)
+            tma_load_4d(k_dst + c * kBN * 128, &maps.k, &full_k[s], c * 64, row, hk, b);
+          mbar_arrive_expect_tx(&full_v[s], Tile::kKVBytes);
 #pragma unroll
-        for (int c = 0; c < Tile::kBlocks; ++c) tma_load_4d(v_dst + c * kBN * 128, &maps.v, &full_v[s], c * 64, row, hk, b);
+          for (int c = 0; c < Tile::kBlocks; ++c)
+            tma_load_4d(v_dst + c * kBN * 128, &maps.v, &full_v[s], c * 64, row, hk, b);
+        }
       }
     }
     return;
@@ -107,15 +133,25 @@ __global__ void __launch_bounds__(384, 1)
   // Consumer warpgroups.
   setmaxnreg_inc<232>();
   const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const float c = p.scale_log2;
+  const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
+  int kv_base = 0, t = 0;
+  for (int w = blockIdx.x; w < total; w += gridDim.x) {
+  const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+  const SeqInfo& si = u.si;
+  const int m0 = u.m0, h = u.h;
+  if (m0 >= si.nq) continue;
+  const int diag = si.nk - si.nq;  // query i sees key j when j <= i + diag (causal)
+  int n_end = si.nk;
+  if (kCausal) n_end = min(n_end, m0 + kBM + diag);
+  const int n_blocks = n_end > 0 ? (n_end + kBN - 1) / kBN : 0;
   const int wg_m0 = m0 + wg * 64;
   const int row_a = wg_m0 + warp * 16 + lane / 4;  // rows row_a and row_a + 8, within the sequence
-  const float c = p.scale_log2;
   float o[kD / 2];  // O: m64 × kD accumulator fragment
 #pragma unroll
   for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
-  mbar_wait(bar_q, 0);
+  mbar_wait(bar_q, t & 1);
 
   // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for).
   auto issue_s = [&](float (&sc)[kBN / 2], int s) {
@@ -192,20 +228,21 @@ __global__ void __launch_bounds__(384, 1)
   uint32_t pa[kBN / 16][4];   // P as the A fragments of O += P V
   float alpha[2];
   if (n_blocks > 0) {
-    mbar_wait(&full_k[0], 0);
+    const int s0 = kv_base % kStages;
+    mbar_wait(&full_k[s0], (kv_base / kStages) & 1);
     wgmma_fence();
-    issue_s(sc, 0);
+    issue_s(sc, s0);
     wgmma_wait<0>();
     fence_regs(sc);
     softmax(sc, n_blocks - 1, alpha);
     to_p(sc, pa);
   }
   for (int it = 1; it < n_blocks; ++it) {
-    const int s = it % kStages, prev = (it - 1) % kStages;
-    mbar_wait(&full_k[s], (it / kStages) & 1);
+    const int s = (kv_base + it) % kStages, prev = (kv_base + it - 1) % kStages;
+    mbar_wait(&full_k[s], ((kv_base + it) / kStages) & 1);
     wgmma_fence();
     issue_s(sc, s);
-    mbar_wait(&full_v[prev], ((it - 1) / kStages) & 1);
+    mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
     issue_pv(pa, prev);
     wgmma_wait<1>();
     fence_regs(sc);
@@ -224,8 +261,8 @@ __global__ void __launch_bounds__(384, 1)
     to_p(sc, pa);
   }
   if (n_blocks > 0) {
-    const int last = (n_blocks - 1) % kStages;
-    mbar_wait(&full_v[last], ((n_blocks - 1) / kStages) & 1);
+    const int last = (kv_base + n_blocks - 1) % kStages;
+    mbar_wait(&full_v[last], ((kv_base + n_blocks - 1) / kStages) & 1);
     wgmma_fence();
     issue_pv(pa, last);
     wgmma_wait<0>();
@@ -233,6 +270,10 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(pa);
     release(last);
   }
+
+  if (lane == 0) mbar_arrive(q_empty);
+  ++t;
+  kv_base += n_blocks;
 
   // Epilogue: O /= l (0 for a row that sees no key), lse, O straight to global memory.
   T* gO = static_cast<T*>(p.o) + si.batch * p.o_s.batch + si.q0 * p.o_s.row + h * p.o_s.head;
@@ -251,6 +292,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int d = 0; d < kD / 8; ++d) {
       *reinterpret_cast<uint32_t*>(g + 8 * d) = pack2<kBf16>(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
     }
+  }
   }
 }
 
