@@ -6,7 +6,7 @@
 // with the V descriptor's leading/stride offsets in the assumed order and swapped, and
 // the swizzle itself (one loaded tile's bytes against chunk ^ (row % 8)). Compared with CPU
 // products in double precision of the same bf16 inputs.
-// Build: nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -I lab/cuda -I src 02_wgmma_blocks.cu
+// Build: nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -I src lab/cuda/02_wgmma_blocks.cu
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -14,9 +14,9 @@
 #include <random>
 #include <vector>
 
-#include "hopper_sm90.cuh"
-#include "tma_host_sm90.h"
-#include "wgmma_ops_sm90.cuh"
+#include "cuda/hopper_sm90.cuh"
+#include "cuda/tma_host_sm90.h"
+#include "cuda/wgmma_ops_sm90.cuh"
 
 using namespace attnkit::cuda;
 

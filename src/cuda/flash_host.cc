@@ -104,9 +104,8 @@ void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   if (p.num_seqs == 0 || mq == 0) return;
   const bool bf16 = q.dtype == DType::bf16;
   const int d = static_cast<int>(pr.head_dim);
-#ifdef ATTNKIT_CUDA_SM90
+  // Hopper wgmma kernel for head_dim 64 and 128; the mma.sync kernel for the rest (256).
   if (launch_flash_fwd_sm90(p, bf16, d, pr.causal, mq, params.stream)) return;
-#endif
   launch_flash_fwd(p, bf16, d, pr.causal, mq, params.stream);
 }
 

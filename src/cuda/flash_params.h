@@ -50,8 +50,8 @@ void launch_flash_fwd(const FlashParams& p, bool is_bf16, int head_dim, bool cau
                       void* stream);
 void launch_flash_bwd(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,
                       int max_seq_k, void* stream);
-// The Hopper (wgmma + TMA) forward, where built (ATTNKIT_CUDA_SM90): false, launching nothing,
-// for a head_dim it does not take.
+// The Hopper (wgmma + TMA) forward (flash_fwd_sm90.cu): false, launching nothing, for a
+// head_dim it does not take (it takes 64 and 128).
 bool launch_flash_fwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,
                            void* stream);
 // A CUDA device of compute capability 9.x is present and usable.

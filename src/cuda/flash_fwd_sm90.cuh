@@ -12,8 +12,10 @@
 //   causal diagonal (the only tiles that need a mask) comes first.
 // setmaxnreg gives the consumers 232 registers and the producer 40.
 // Layouts: q, o [B, Sq, Hq, D]; k, v [B, Sk, Hkv, D]; lse [B, Hq, Sq] (FlashParams); shared
-// tiles in swizzled column blocks (hopper_sm90.cuh). Grid: (ceil(max Sq / kBM), Hq, num_seqs),
-// the longest causal rows first. Causal masking is bottom-right aligned.
+// tiles in swizzled column blocks (hopper_sm90.cuh). Work: (query tile, head, sequence) units,
+// query tiles innermost and the longest causal rows first (sm90_work); a CTA takes units
+// blockIdx.x, blockIdx.x + gridDim.x, ... (persistent when the grid is smaller than the list),
+// the rings' barrier phases running on across units. Causal masking is bottom-right aligned.
 #pragma once
 
 #include <cuda.h>
@@ -22,8 +24,8 @@
 
 #include "cuda/flash_params.h"
 #include "cuda/mma_sm80.cuh"
-#include "hopper_sm90.cuh"
-#include "wgmma_ops_sm90.cuh"
+#include "cuda/hopper_sm90.cuh"
+#include "cuda/wgmma_ops_sm90.cuh"
 
 namespace attnkit::cuda {
 
@@ -158,7 +160,7 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint32_t off = (kk / 4) * 0 + (kk % 4) * 32;
+      const uint32_t off = (kk % 4) * 32;  // 16 columns of a 64-column block
       const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
       const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
       wgmma_ss<kBN, kBf16>(sc, da, db, kk > 0);
