@@ -45,6 +45,10 @@ struct AttentionParams {
   void* stream = nullptr;        // a cudaStream_t; nullptr is the legacy default stream
   void* workspace = nullptr;     // device memory for backward: backward_workspace_bytes()
   int64_t workspace_bytes = 0;   // size of `workspace`
+  // Backward only: true gives bitwise reproducible gradients (dQ summed in a fixed order, by a
+  // second pass over the keys, about 1.4x the backward's work); false (the default) lets dQ
+  // be summed with floating-point atomics, whose order varies from run to run.
+  bool deterministic = false;
 };
 
 inline constexpr int kMaxCudaVarlenSeqs = 1024;

@@ -48,8 +48,10 @@ void cuda_backward(const Problem& pr, const TensorView& q, const TensorView& k, 
 
 int64_t backward_workspace_bytes(const TensorView& q) {
   if (q.device != Device::cuda || q.ndim != 4) return 0;
-  // delta = rowsum(dout ∘ out): [B, Hq, Sq] f32, 256-byte aligned.
-  return (q.shape[0] * q.shape[1] * q.shape[2] * 4 + 255) / 256 * 256;
+  // delta = rowsum(dout ∘ out): [B, Hq, Sq] f32, 256-byte aligned; then the dQ accumulator of
+  // the non-deterministic path: [B, Sq, Hq, D] f32.
+  return (q.shape[0] * q.shape[1] * q.shape[2] * 4 + 255) / 256 * 256 +
+         q.shape[0] * q.shape[1] * q.shape[2] * q.shape[3] * 4;
 }
 
 bool cuda_available() {

@@ -31,6 +31,8 @@ struct BwdTile {
   static constexpr int kSmemDkv = (2 * kBN + 4 * kBM) * kLd * 2 + 4 * kBM * 4;
 };
 
+// delta = rowsum(dO ∘ O), one thread per (b, s, h) row; also zeroes that row of dq_acc when the
+// atomic path (flash_bwd_atomic_sm80.cuh) runs.
 template <int kD, bool kBf16>
 __global__ void flash_bwd_delta_kernel(const __grid_constant__ FlashParams p) {
   using T = Elem<kBf16>;
@@ -51,6 +53,11 @@ __global__ void flash_bwd_delta_kernel(const __grid_constant__ FlashParams p) {
     for (int i = 0; i < 8; ++i) acc += static_cast<float>(ae[i]) * static_cast<float>(ce[i]);
   }
   p.delta[(b * p.heads_q + h) * p.seq_q + s] = acc;
+  if (p.dq_acc != nullptr) {  // the atomic path's dQ accumulator row starts at zero
+    float4* z = reinterpret_cast<float4*>(p.dq_acc + idx * kD);
+#pragma unroll
+    for (int d = 0; d < kD / 4; ++d) z[d] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
 }
 
 template <int kD, bool kBf16, bool kCausal>

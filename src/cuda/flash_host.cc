@@ -131,8 +131,16 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   p.dv_s = strides_of(dv, "dv");
   const auto [mq, mk] = max_lengths(pr);
   if (p.num_seqs == 0 || (mq == 0 && mk == 0)) return;
-  launch_flash_bwd(p, q.dtype == DType::bf16, static_cast<int>(pr.head_dim), pr.causal, std::max(mq, 1),
-                   std::max(mk, 1), params.stream);
+  const bool bf16 = q.dtype == DType::bf16;
+  const int d = static_cast<int>(pr.head_dim);
+  if (!params.deterministic) {
+    // The workspace's layout is backward_workspace_bytes's: delta, then dq_acc.
+    const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
+    p.dq_acc = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + delta_bytes);
+    if (launch_flash_bwd_atomic(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
+    p.dq_acc = nullptr;
+  }
+  launch_flash_bwd(p, bf16, d, pr.causal, std::max(mq, 1), std::max(mk, 1), params.stream);
 }
 
 }  // namespace attnkit::cuda

@@ -32,6 +32,7 @@ struct FlashParams {
   void* dk;
   void* dv;
   float* delta;   // backward workspace: rowsum(dout ∘ o), [B, Hq, Sq] contiguous
+  float* dq_acc;  // backward workspace (atomic path; else null): dQ / scale, [B, Sq, Hq, D] f32
   Strides q_s, k_s, v_s, o_s, do_s, dq_s, dk_s, dv_s;
   int64_t lse_s[3];  // [B, Hq, Sq]
   int batch, seq_q, seq_k;  // seq_* are the packed lengths when varlen
@@ -50,6 +51,10 @@ void launch_flash_fwd(const FlashParams& p, bool is_bf16, int head_dim, bool cau
                       void* stream);
 void launch_flash_bwd(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,
                       int max_seq_k, void* stream);
+// The one-pass backward with dQ by f32 atomics (flash_bwd_atomic_sm80.cu): false, launching
+// nothing, for a head_dim it does not take (it takes 64 and 128). Needs p.dq_acc.
+bool launch_flash_bwd_atomic(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_k,
+                             void* stream);
 // The Hopper (wgmma + TMA) forward (flash_fwd_sm90.cu): false, launching nothing, for a
 // head_dim it does not take (it takes 64 and 128).
 bool launch_flash_fwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,

@@ -49,6 +49,7 @@ struct Case {
   DType dtype = DType::bf16;
   Layout layout = Layout::contiguous;
   std::vector<int32_t> cu_q, cu_k;
+  bool deterministic = false;  // the backward's no-atomics path (also taken at D = 256)
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -71,6 +72,10 @@ std::vector<Case> cases() {
     cs.push_back({.name = "d64_varlen" + s, .Nq = 300, .Nk = 300, .Hq = 2, .Hkv = 2, .D = 64, .dtype = t,
                   .cu_q = {0, 100, 163, 300}, .cu_k = {0, 100, 163, 300}});
   }
+  cs.push_back({.name = "d128_gqa_causal_q_lt_k_deterministic_bf16", .Nq = 130, .Nk = 300, .Hq = 4, .Hkv = 2,
+                .D = 128, .causal = true, .deterministic = true});
+  cs.push_back({.name = "d64_varlen_deterministic_f16", .Nq = 300, .Nk = 300, .Hq = 2, .Hkv = 2, .D = 64,
+                .dtype = DType::f16, .cu_q = {0, 100, 163, 300}, .cu_k = {0, 100, 163, 300}, .deterministic = true});
   return cs;
 }
 
@@ -91,6 +96,7 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchReference) {
       dv(c.dtype, {c.B, c.Nk, c.Hkv, c.D}, c.layout);
   AttentionParams params;
   params.causal = c.causal;
+  params.deterministic = c.deterministic;
   params.cu_seqlens_q = c.cu_q;
   params.cu_seqlens_k = c.cu_k;
   const Problem pr = validate_forward(q.view, k.view, v.view, out.view, params, {});
