@@ -9,14 +9,14 @@
 namespace attnkit::cuda {
 namespace {
 
-template <int kD, int kBN, bool kBf16, bool kCausal>
+template <int kD, int kBN, bool kBf16, bool kCausal, int kMinBlocks = 1>
 void run_bwd_atomic(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
   using Tile = BwdAtomicTile<kD, kBN>;
   const int64_t rows = int64_t{p.batch} * p.seq_q * p.heads_q;
   flash_bwd_delta_kernel<kD, kBf16><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "flash_bwd_delta_kernel launch");
 
-  auto kernel = flash_bwd_atomic_kernel<kD, kBN, kBf16, kCausal>;
+  auto kernel = flash_bwd_atomic_kernel<kD, kBN, kBf16, kCausal, kMinBlocks>;
   allow_smem(kernel, Tile::kSmem);
   const dim3 grid((max_seq_k + kBN - 1) / kBN, p.heads_kv, p.num_seqs);
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(p);
@@ -29,14 +29,14 @@ void run_bwd_atomic(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
 
 template <int kD, bool kBf16>
 void run_bwd_atomic(const FlashParams& p, bool causal, int max_seq_k, cudaStream_t stream) {
-  static const bool bn64 = [] {
-    const char* e = std::getenv("ATTNKIT_LAB_BWD_BN");
-    return e != nullptr && std::atoi(e) == 64;
+  static const bool occ2 = [] {
+    const char* e = std::getenv("ATTNKIT_LAB_BWD_OCC");
+    return e != nullptr && std::atoi(e) == 2;
   }();
-  if constexpr (kBf16) {
-    if (bn64) {
-      if (causal) return run_bwd_atomic<kD, 64, kBf16, true>(p, max_seq_k, stream);
-      return run_bwd_atomic<kD, 64, kBf16, false>(p, max_seq_k, stream);
+  if constexpr (kBf16 && kD == 64) {
+    if (occ2) {
+      if (causal) return run_bwd_atomic<kD, 128, kBf16, true, 2>(p, max_seq_k, stream);
+      return run_bwd_atomic<kD, 128, kBf16, false, 2>(p, max_seq_k, stream);
     }
   }
   if (causal) return run_bwd_atomic<kD, 128, kBf16, true>(p, max_seq_k, stream);

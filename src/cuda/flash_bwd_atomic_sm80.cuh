@@ -54,8 +54,8 @@ __device__ __forceinline__ void gemm_tn(float (&acc)[kN / 8][4], const T* sAt, i
   }
 }
 
-template <int kD, int kBN, bool kBf16, bool kCausal>
-__global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads)
+template <int kD, int kBN, bool kBf16, bool kCausal, int kMinBlocks>
+__global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads, kMinBlocks)
     flash_bwd_atomic_kernel(const __grid_constant__ FlashParams p) {
   using T = Elem<kBf16>;
   using Tile = BwdAtomicTile<kD, kBN>;
@@ -120,30 +120,42 @@ __global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads)
   const int dq_row = (warp % 4) * 16, dq_col = (warp / 4) * kDqCols;
   for (int t = 0; t < steps; ++t) {
     const int buf = t & 1;
-    if (t + 1 < steps) load_step(t + 1, buf ^ 1);
+    cp_async_wait<0>();
+    __syncthreads();  // step t's tiles have landed; every warp is done with step t − 1
+    if (t + 1 < steps) load_step(t + 1, buf ^ 1);  // lands while step t computes
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // step t's tiles have landed; every warp is done with the last dQ
 
     const int h = step_h(t), m0 = step_m0(t);
     const T* q = sQ + buf * kBM * kLd;
     const T* dout = sdO + buf * kBM * kLd;
-    float st[kBM / 8][4] = {}, dpt[kBM / 8][4] = {};  // 16 keys × kBM queries
-    gemm_nt<kD, kBM, kBf16>(st, sK + warp * 16 * kLd, q, lane);
-    gemm_nt<kD, kBM, kBf16>(dpt, sV + warp * 16 * kLd, dout, lane);
+    // Pᵀ first and dV with it, then dPᵀ: Sᵀ and dPᵀ are never live together with their
+    // 16-bit copies, which keeps D = 128 inside the register file.
+    float pt[kBM / 8][4] = {};  // 16 keys × kBM queries: Sᵀ, then Pᵀ
+    gemm_nt<kD, kBM, kBf16>(pt, sK + warp * 16 * kLd, q, lane);
 #pragma unroll
     for (int n = 0; n < kBM / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = n * 8 + 2 * (lane % 4) + (e & 1), key = key_a + (e >> 1) * 8;
         const bool masked = key >= si.nk || (kCausal && key > m0 + c + diag);
-        const float pr = masked ? 0.0f : fast_exp2(st[n][e] * p.scale_log2 - sLse2[buf * kBM + c]);
-        st[n][e] = pr;                                        // Pᵀ
-        dpt[n][e] = pr * (dpt[n][e] - sDelta[buf * kBM + c]);  // dSᵀ
+        pt[n][e] = masked ? 0.0f : fast_exp2(pt[n][e] * p.scale_log2 - sLse2[buf * kBM + c]);
       }
-    uint32_t pa[kBM / 16][4], dsa[kBM / 16][4];
-    acc_to_a<kBM, kBf16>(pa, st);
-    acc_to_a<kBM, kBf16>(dsa, dpt);
+    {
+      uint32_t pa[kBM / 16][4];
+      acc_to_a<kBM, kBf16>(pa, pt);
+      gemm_rn<kBM, kD, kLd, kBf16>(dv, pa, dout, 0, lane);
+    }
+    float dst[kBM / 8][4] = {};  // 16 keys × kBM queries: dPᵀ, then dSᵀ
+    gemm_nt<kD, kBM, kBf16>(dst, sV + warp * 16 * kLd, dout, lane);
+#pragma unroll
+    for (int n = 0; n < kBM / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + 2 * (lane % 4) + (e & 1);
+        dst[n][e] = pt[n][e] * (dst[n][e] - sDelta[buf * kBM + c]);
+      }
+    uint32_t dsa[kBM / 16][4];
+    acc_to_a<kBM, kBf16>(dsa, dst);
     // dSᵀ to shared memory, in the A-fragment order of acc_to_a: [0] rows r, cols c; [1] rows
     // r + 8; [2] cols c + 8; [3] both.
     {
@@ -154,22 +166,23 @@ __global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads)
         for (int f = 0; f < 4; ++f)
           *reinterpret_cast<uint32_t*>(s + (f & 1) * 8 * kLdS + kk * 16 + (f >> 1) * 8) = dsa[kk][f];
     }
-    gemm_rn<kBM, kD, kLd, kBf16>(dv, pa, dout, 0, lane);
+    __syncthreads();  // dSᵀ complete
     gemm_rn<kBM, kD, kLd, kBf16>(dk, dsa, q, 0, lane);
-    __syncthreads();  // dSᵀ complete; every warp is done with this step's sQ / sdO
 
     float dq[kDqCols / 8][4] = {};  // 16 queries × kDqCols, summed over this tile's kBN keys
     gemm_tn<kBN, kDqCols, kLdS, kLd, kBf16>(dq, sdSt, dq_row, sK, dq_col, lane);
-    const int row_a = m0 + dq_row + lane / 4;
+    // Lane pairs swap halves so that each adds 4 adjacent columns of one row: the even lane
+    // row r, the odd lane row r + 8.
+    const bool odd = lane & 1;
+    const int row = m0 + dq_row + lane / 4 + (odd ? 8 : 0);
+    float* g = p.dq_acc + ((int64_t{si.batch} * p.seq_q + si.q0 + row) * p.heads_q + h) * kD + dq_col +
+               2 * (lane % 4) - (odd ? 2 : 0);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = row_a + r * 8;
-      if (row >= si.nq) continue;
-      float* g = p.dq_acc + ((int64_t{si.batch} * p.seq_q + si.q0 + row) * p.heads_q + h) * kD + dq_col +
-                 2 * (lane % 4);
-#pragma unroll
-      for (int n = 0; n < kDqCols / 8; ++n)
-        atomicAdd(reinterpret_cast<float2*>(g + n * 8), make_float2(dq[n][2 * r], dq[n][2 * r + 1]));
+    for (int n = 0; n < kDqCols / 8; ++n) {
+      const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[n][0] : dq[n][2], 1);
+      const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[n][1] : dq[n][3], 1);
+      const float4 v = odd ? make_float4(r0, r1, dq[n][2], dq[n][3]) : make_float4(dq[n][0], dq[n][1], r0, r1);
+      if (row < si.nq) atomicAdd(reinterpret_cast<float4*>(g + n * 8), v);
     }
   }
 
