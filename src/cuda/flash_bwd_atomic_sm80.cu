@@ -1,7 +1,5 @@
 // Host launch of the one-pass backward (flash_bwd_atomic_sm80.cuh): delta (zeroing dq_acc),
 // the key-tile kernel, then dq = scale · dq_acc, all on the caller's stream.
-#include <cstdlib>
-
 #include "cuda/flash_bwd_atomic_sm80.cuh"
 #include "cuda/flash_bwd_sm80.cuh"
 #include "cuda/launch_util.cuh"
@@ -9,14 +7,14 @@
 namespace attnkit::cuda {
 namespace {
 
-template <int kD, int kBN, bool kBf16, bool kCausal, int kMinBlocks = 1>
+template <int kD, int kBN, int kBM, bool kBf16, bool kCausal>
 void run_bwd_atomic(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
-  using Tile = BwdAtomicTile<kD, kBN>;
+  using Tile = BwdAtomicTile<kD, kBN, kBM>;
   const int64_t rows = int64_t{p.batch} * p.seq_q * p.heads_q;
   flash_bwd_delta_kernel<kD, kBf16><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "flash_bwd_delta_kernel launch");
 
-  auto kernel = flash_bwd_atomic_kernel<kD, kBN, kBf16, kCausal, kMinBlocks>;
+  auto kernel = flash_bwd_atomic_kernel<kD, kBN, kBM, kBf16, kCausal>;
   allow_smem(kernel, Tile::kSmem);
   const dim3 grid((max_seq_k + kBN - 1) / kBN, p.heads_kv, p.num_seqs);
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(p);
@@ -29,18 +27,11 @@ void run_bwd_atomic(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
 
 template <int kD, bool kBf16>
 void run_bwd_atomic(const FlashParams& p, bool causal, int max_seq_k, cudaStream_t stream) {
-  static const bool occ2 = [] {
-    const char* e = std::getenv("ATTNKIT_LAB_BWD_OCC");
-    return e != nullptr && std::atoi(e) == 2;
-  }();
-  if constexpr (kBf16 && kD == 64) {
-    if (occ2) {
-      if (causal) return run_bwd_atomic<kD, 128, kBf16, true, 2>(p, max_seq_k, stream);
-      return run_bwd_atomic<kD, 128, kBf16, false, 2>(p, max_seq_k, stream);
-    }
-  }
-  if (causal) return run_bwd_atomic<kD, 128, kBf16, true>(p, max_seq_k, stream);
-  run_bwd_atomic<kD, 128, kBf16, false>(p, max_seq_k, stream);
+  // 128 keys (8 warps) per CTA; 128 queries per step at D = 64, 64 at D = 128 (registers:
+  // dK and dV take 128 of them there). Lab 07 in lab/cuda/NOTES.md.
+  constexpr int kBM = kD == 64 ? 128 : 64;
+  if (causal) return run_bwd_atomic<kD, 128, kBM, kBf16, true>(p, max_seq_k, stream);
+  run_bwd_atomic<kD, 128, kBM, kBf16, false>(p, max_seq_k, stream);
 }
 
 }  // namespace

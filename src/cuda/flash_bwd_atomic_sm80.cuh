@@ -1,6 +1,6 @@
 // Flash attention backward in one pass over key tiles, mma.sync tensor cores, dQ accumulated
 // with f32 atomics (FlashAttention-2, Dao 2023, Algorithm 2 as written): per CTA one key tile
-// of kBN keys and one KV head; for every (query head of the group, query tile of 64 rows):
+// of kBN keys and one KV head; for every (query head of the group, query tile of kBM rows):
 //   Sᵀ = K Qᵀ, dPᵀ = V dOᵀ               (rows = keys: each warp owns 16 keys)
 //   Pᵀ = 2^(Sᵀ·scale·log2 e − lse·log2 e), dSᵀ = Pᵀ ∘ (dPᵀ − delta)
 //   dV += Pᵀ dO, dK += dSᵀ Q            (registers, the CTA's whole life)
@@ -20,18 +20,19 @@
 
 namespace attnkit::cuda {
 
-template <int kD, int kBN>
+template <int kD, int kBN, int kBM_>
 struct BwdAtomicTile {
   static constexpr int kWarps = kBN / 16;  // one warp per 16 keys
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kBM = 64;  // query rows per step
+  static constexpr int kBM = kBM_;  // query rows per step
   static constexpr int kLd = kD + kPad;
   static constexpr int kLdS = kBM + kPad;  // sdSᵀ row stride
-  // dQ = dS K: warps as 4 groups of 16 query rows × (kWarps / 4) column blocks.
-  static constexpr int kDqCols = kD / (kWarps / 4);
+  // dQ = dS K: warps as kBM / 16 groups of 16 query rows × kDqSplit column blocks.
+  static constexpr int kDqSplit = kWarps / (kBM / 16);
+  static constexpr int kDqCols = kD / kDqSplit;
   // sK, sV [kBN][kLd]; sQ, sdO [2][kBM][kLd]; sdSᵀ [kBN][kLdS]; lse·log2 e, delta [2][kBM] f32
   static constexpr int kSmem = (2 * kBN + 4 * kBM) * kLd * 2 + kBN * kLdS * 2 + 4 * kBM * 4;
-  static_assert(kWarps % 4 == 0 && kD % (kWarps / 4) == 0);
+  static_assert(kWarps % (kBM / 16) == 0 && kDqSplit >= 1 && kD % kDqSplit == 0);
 };
 
 // acc(16 × kN) += A(16 × kK) · B with A given transposed in shared memory, sAt [kK][kLda]
@@ -54,12 +55,12 @@ __device__ __forceinline__ void gemm_tn(float (&acc)[kN / 8][4], const T* sAt, i
   }
 }
 
-template <int kD, int kBN, bool kBf16, bool kCausal, int kMinBlocks>
-__global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads, kMinBlocks)
+template <int kD, int kBN, int kBM, bool kBf16, bool kCausal>
+__global__ void __launch_bounds__(BwdAtomicTile<kD, kBN, kBM>::kThreads)
     flash_bwd_atomic_kernel(const __grid_constant__ FlashParams p) {
   using T = Elem<kBf16>;
-  using Tile = BwdAtomicTile<kD, kBN>;
-  constexpr int kBM = Tile::kBM, kLd = Tile::kLd, kLdS = Tile::kLdS, kThreads = Tile::kThreads;
+  using Tile = BwdAtomicTile<kD, kBN, kBM>;
+  constexpr int kLd = Tile::kLd, kLdS = Tile::kLdS, kThreads = Tile::kThreads;
   constexpr int kDqCols = Tile::kDqCols;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // [kBN][kLd]
@@ -117,7 +118,7 @@ __global__ void __launch_bounds__(BwdAtomicTile<kD, kBN>::kThreads, kMinBlocks)
   float dk[kD / 8][4] = {}, dv[kD / 8][4] = {};  // this warp's 16 keys × kD columns
   const int key_a = n0 + warp * 16 + lane / 4;   // keys key_a and key_a + 8
   // dQ: this warp's 16 query rows (of the step's 64) and kDqCols columns.
-  const int dq_row = (warp % 4) * 16, dq_col = (warp / 4) * kDqCols;
+  const int dq_row = (warp % (kBM / 16)) * 16, dq_col = (warp / (kBM / 16)) * kDqCols;
   for (int t = 0; t < steps; ++t) {
     const int buf = t & 1;
     cp_async_wait<0>();

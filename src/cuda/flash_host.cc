@@ -134,7 +134,11 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   const bool bf16 = q.dtype == DType::bf16;
   const int d = static_cast<int>(pr.head_dim);
   if (!params.deterministic) {
-    // The workspace's layout is backward_workspace_bytes's: delta, then dq_acc.
+    // The workspace's layout is backward_workspace_bytes's: delta, then dq_acc (float4 atomics).
+    if (reinterpret_cast<uintptr_t>(params.workspace) % 16 != 0) {
+      throw Error(fmt::format("params.workspace: the CUDA backward needs 16-byte aligned workspace, given {}",
+                              params.workspace));
+    }
     const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
     p.dq_acc = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + delta_bytes);
     if (launch_flash_bwd_atomic(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
