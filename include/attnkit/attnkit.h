@@ -5,4 +5,5 @@
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
 #include "attnkit/linear.h"
+#include "attnkit/recurrent.h"
 #include "attnkit/tensor.h"

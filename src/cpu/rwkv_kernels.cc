@@ -1,0 +1,481 @@
+// RWKV time mixing on the CPU, forward and backward (see include/attnkit/recurrent.h),
+// Highway SIMD with runtime dispatch.
+//
+// WKV-4: SIMD lanes run channels (blocks of kW = 16, staged per chunk of kT steps like the
+// selective scan). The stable state (a, b, p) carries the sums scaled by e^{−p}. Of the two
+// exponentials e^{x − max(x, y)} and e^{y − max(x, y)} one is 1, so each merge costs a single
+// exp: e = exp(−|x − y|).
+// Backward per channel block (all batches, so dw and du need no cross-thread sums):
+//   forward pass: dw, du (they need y_t and the forward sums only) and the state at chunk starts;
+//   reverse pass per chunk: recompute y_t, q_t = ln of the denominator's scale and the scaled
+//   denominator n_t, then walk back with G_i = Σ_{t>i} dy_t e^{−(t−1−i)w}/den_t (and H_i with
+//   dy_t·y_t), kept as e^{r}·Ĝ with r the running max exponent:
+//     dv_i = e^{u+k_i}dy_i/den_i + e^{k_i}G_i,  dk_i = e^{u+k_i}dy_i(v_i − y_i)/den_i + e^{k_i}(v_i G_i − H_i)
+//     dw   = −Σ_t dy_t/den_t · Σ_{i<t} (t−1−i) e^{−(t−1−i)w + k_i}(v_i − y_t)   (carried a', b' sums)
+//
+// WKV-6: threads take (batch, head); the K × K state S (row i = key channel) lives in L1 and each
+// step is a rank-1 update plus a vector–matrix product, vectorized along the value channels.
+// Backward keeps S at every kT6-th step, recomputes the chunk, and walks back with the adjoint
+// dS_{t−1} = diag(d_t) dS_t + r_t dy_tᵀ.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/rwkv_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/rwkv_kernels.h"
+#include "cpu/scan_stage.h"
+#include "hwy/aligned_allocator.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace {
+
+using DF = hn::ScalableTag<float>;
+using V = hn::Vec<DF>;
+
+constexpr int64_t kW = 16;   // WKV-4 channels per block
+constexpr int64_t kT = 64;   // WKV-4 steps per chunk
+constexpr int64_t kT6 = 16;  // WKV-6 steps per backward chunk
+
+const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
+float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
+
+// Stable merge of e^{x}·A and e^{y}·B: returns m = max(x, y) and the factors ex = e^{x−m},
+// ey = e^{y−m}, one of which is 1.
+HWY_INLINE void Merge(DF df, V x, V y, V& m, V& ex, V& ey) {
+  m = hn::Max(x, y);
+  const V e = hn::Exp(df, hn::Neg(hn::Abs(hn::Sub(x, y))));
+  const auto x_big = hn::Ge(x, y);
+  const V one = hn::Set(df, 1.0f);
+  ex = hn::IfThenElse(x_big, one, e);
+  ey = hn::IfThenElse(x_big, e, one);
+}
+
+// ---- WKV-4 ------------------------------------------------------------------------------
+
+struct Wkv4Chunk {
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *k, *v, *y, *dy, *q, *inv, *gk, *gv;  // [kT][kW]
+  Wkv4Chunk() : mem(hwy::AllocateAligned<float>(8 * kT * kW)) {
+    float* p = mem.get();
+    for (float** b : {&k, &v, &y, &dy, &q, &inv, &gk, &gv}) *b = p, p += kT * kW;
+  }
+};
+
+struct Wkv4Consts {
+  float w[kW], u[kW];
+};
+
+Wkv4Consts LoadWkv4Consts(const TensorView& w, const TensorView& u, int64_t c0, int64_t nc) {
+  Wkv4Consts c;
+  for (int64_t j = 0; j < kW; ++j) {
+    c.w[j] = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0f;
+    c.u[j] = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0f;
+  }
+  return c;
+}
+
+// One channel vector's carried state; aw, bw are the (t−j)-weighted sums of the backward pass.
+struct Wkv4Vec {
+  V a, b, p, aw, bw;
+};
+
+// Steps [0, nt) of a staged chunk for the vectors of a block. Writes y; with q / inv also the
+// log-scale q_t and 1/n_t of each denominator den_t = e^{q_t}·n_t; with grads, accumulates
+// dw and du from dy (the forward-direction part of the backward pass).
+template <bool kBackward>
+HWY_INLINE void Wkv4Chunk_(DF df, const Wkv4Consts& c, int64_t nt, Wkv4Chunk& ch, Wkv4Vec* st, V* dw, V* du) {
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t o = 0; o < kW; o += L) {
+    Wkv4Vec s = st[o / L];
+    const V w = hn::Load(df, c.w + o), u = hn::Load(df, c.u + o);
+    V gw = kBackward ? dw[o / L] : hn::Zero(df), gu = kBackward ? du[o / L] : hn::Zero(df);
+    for (int64_t t = 0; t < nt; ++t) {
+      const V k = hn::Load(df, ch.k + t * kW + o), v = hn::Load(df, ch.v + t * kW + o);
+      V q, e1, e2;
+      Merge(df, s.p, hn::Add(u, k), q, e1, e2);
+      const V den = hn::MulAdd(e1, s.b, e2);
+      const V inv = hn::Div(hn::Set(df, 1.0f), den);
+      const V y = hn::Mul(hn::MulAdd(e1, s.a, hn::Mul(e2, v)), inv);
+      hn::Store(y, df, ch.y + t * kW + o);
+      if constexpr (kBackward) {
+        hn::Store(q, df, ch.q + t * kW + o);
+        hn::Store(inv, df, ch.inv + t * kW + o);
+        const V g = hn::Mul(hn::Load(df, ch.dy + t * kW + o), inv);
+        gu = hn::MulAdd(hn::Mul(g, e2), hn::Sub(v, y), gu);
+        // dw −= dy_t/den_t · e^{p}(aw − y_t·bw)
+        gw = hn::NegMulAdd(hn::Mul(g, e1), hn::NegMulAdd(y, s.bw, s.aw), gw);
+      }
+      V p2, f1, f2;
+      Merge(df, hn::Sub(s.p, w), k, p2, f1, f2);
+      if constexpr (kBackward) {
+        s.aw = hn::Mul(f1, hn::Add(s.aw, s.a));
+        s.bw = hn::Mul(f1, hn::Add(s.bw, s.b));
+      }
+      s.a = hn::MulAdd(f1, s.a, hn::Mul(f2, v));
+      s.b = hn::MulAdd(f1, s.b, f2);
+      s.p = p2;
+    }
+    st[o / L] = s;
+    if constexpr (kBackward) {
+      dw[o / L] = gw;
+      du[o / L] = gu;
+    }
+  }
+}
+
+void Wkv4EmptyState(DF df, Wkv4Vec* st) {
+  for (int64_t i = 0; i < kW / static_cast<int64_t>(hn::Lanes(df)); ++i)
+    st[i] = {hn::Zero(df), hn::Zero(df), hn::Set(df, kWkv4EmptyExponent), hn::Zero(df), hn::Zero(df)};
+}
+
+void Wkv4ForwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
+                      const TensorView& v, const TensorView& y, int64_t b, int64_t c0, Wkv4Chunk& ch) {
+  const DF df;
+  const int64_t nc = std::min(kW, s.channels - c0);
+  const Wkv4Consts c = LoadWkv4Consts(w, u, c0, nc);
+  Wkv4Vec st[kW];
+  Wkv4EmptyState(df, st);
+  for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
+    const int64_t nt = std::min(kT, s.seq - t0);
+    stage_rows(k, b, t0, nt, c0, nc, kW, ch.k);
+    stage_rows(v, b, t0, nt, c0, nc, kW, ch.v);
+    Wkv4Chunk_<false>(df, c, nt, ch, st, nullptr, nullptr);
+    unstage_rows(ch.y, kW, y, b, t0, nt, c0, nc);
+  }
+}
+
+void Wkv4BackwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
+                       const TensorView& v, const TensorView& dy, const TensorView& dw, const TensorView& du,
+                       const TensorView& dk, const TensorView& dv, int64_t c0, Wkv4Chunk& ch,
+                       std::vector<Wkv4Vec>& ckpt) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df)), nv = kW / L;
+  const int64_t nc = std::min(kW, s.channels - c0);
+  const int64_t chunks = (s.seq + kT - 1) / kT;
+  const Wkv4Consts c = LoadWkv4Consts(w, u, c0, nc);
+  V gw[kW], gu[kW];
+  for (int64_t i = 0; i < nv; ++i) gw[i] = gu[i] = hn::Zero(df);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    Wkv4Vec st[kW];
+    Wkv4EmptyState(df, st);
+    for (int64_t ci = 0; ci < chunks; ++ci) {
+      const int64_t t0 = ci * kT, nt = std::min(kT, s.seq - t0);
+      std::copy(st, st + nv, ckpt.begin() + ci * nv);
+      stage_rows(k, b, t0, nt, c0, nc, kW, ch.k);
+      stage_rows(v, b, t0, nt, c0, nc, kW, ch.v);
+      stage_rows(dy, b, t0, nt, c0, nc, kW, ch.dy);
+      Wkv4Chunk_<true>(df, c, nt, ch, st, gw, gu);
+    }
+    // Reverse accumulators per vector: G = e^{r}·Ĝ, H = e^{r}·Ĥ.
+    V G[kW], H[kW], R[kW];
+    for (int64_t i = 0; i < nv; ++i) {
+      G[i] = H[i] = hn::Zero(df);
+      R[i] = hn::Set(df, kWkv4EmptyExponent);
+    }
+    for (int64_t ci = chunks - 1; ci >= 0; --ci) {
+      const int64_t t0 = ci * kT, nt = std::min(kT, s.seq - t0);
+      std::copy(ckpt.begin() + ci * nv, ckpt.begin() + (ci + 1) * nv, st);
+      stage_rows(k, b, t0, nt, c0, nc, kW, ch.k);
+      stage_rows(v, b, t0, nt, c0, nc, kW, ch.v);
+      stage_rows(dy, b, t0, nt, c0, nc, kW, ch.dy);
+      V scratch_w[kW], scratch_u[kW];  // the forward-direction sums were taken in the first pass
+      for (int64_t i = 0; i < nv; ++i) scratch_w[i] = scratch_u[i] = hn::Zero(df);
+      Wkv4Chunk_<true>(df, c, nt, ch, st, scratch_w, scratch_u);
+      for (int64_t o = 0; o < kW; o += L) {
+        const int64_t i = o / L;
+        const V wv = hn::Load(df, c.w + o), uv = hn::Load(df, c.u + o);
+        for (int64_t t = nt - 1; t >= 0; --t) {
+          const int64_t at = t * kW + o;
+          const V kt = hn::Load(df, ch.k + at), vt = hn::Load(df, ch.v + at), yt = hn::Load(df, ch.y + at);
+          const V q = hn::Load(df, ch.q + at), g = hn::Mul(hn::Load(df, ch.dy + at), hn::Load(df, ch.inv + at));
+          // bonus term: e^{u+k−q} dy / n
+          const V eb = hn::Mul(hn::Exp(df, hn::Sub(hn::Add(uv, kt), q)), g);
+          const V ek = hn::Exp(df, hn::Add(kt, R[i]));
+          hn::Store(hn::MulAdd(ek, G[i], eb), df, ch.gv + at);
+          hn::Store(hn::MulAdd(eb, hn::Sub(vt, yt), hn::Mul(ek, hn::MulSub(vt, G[i], H[i]))),
+                    df, ch.gk + at);
+          // G ← dy_t/den_t + e^{−w} G, with den_t = e^{q}·n_t
+          V r2, f_old, f_new;
+          Merge(df, hn::Sub(R[i], wv), hn::Neg(q), r2, f_old, f_new);
+          G[i] = hn::MulAdd(f_old, G[i], hn::Mul(f_new, g));
+          H[i] = hn::MulAdd(f_old, H[i], hn::Mul(f_new, hn::Mul(g, yt)));
+          R[i] = r2;
+        }
+      }
+      unstage_rows(ch.gk, kW, dk, b, t0, nt, c0, nc);
+      unstage_rows(ch.gv, kW, dv, b, t0, nt, c0, nc);
+    }
+  }
+  float wbuf[kW], ubuf[kW];
+  for (int64_t i = 0; i < nv; ++i) {
+    hn::StoreU(gw[i], df, wbuf + i * L);
+    hn::StoreU(gu[i], df, ubuf + i * L);
+  }
+  for (int64_t j = 0; j < nc; ++j) {
+    fptr_mut(dw)[(c0 + j) * dw.strides[0]] = wbuf[j];
+    fptr_mut(du)[(c0 + j) * du.strides[0]] = ubuf[j];
+  }
+}
+
+// ---- WKV-6 ------------------------------------------------------------------------------
+
+struct Wkv6Scratch {
+  int64_t kp;  // K padded to a multiple of 16
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *r, *k, *v, *d, *dd, *y, *gy;  // [kp] rows of one step; dd = −∂d/∂w = exp(w − e^w)
+  float *s;                       // [K][kp]
+  float *ds;                      // [K][kp] adjoint
+  float *gk, *gv, *gr, *gd, *du;  // [kp]
+  float *hist;                    // [kT6 + 1][K][kp]
+  std::vector<float> ckpt;
+
+  Wkv6Scratch(const Wkv6Dims& s_, int64_t kp_)
+      : kp(kp_), mem(hwy::AllocateAligned<float>(12 * kp_ + (2 + kT6 + 1) * s_.head_size * kp_)) {
+    float* p = mem.get();
+    for (float** b : {&r, &k, &v, &d, &dd, &y, &gy, &gk, &gv, &gr, &gd, &du}) *b = p, p += kp;
+    s = p, p += s_.head_size * kp;
+    ds = p, p += s_.head_size * kp;
+    hist = p;
+  }
+};
+
+// Loads row (b, t, h) of x into dst[0..kp), zero padded.
+HWY_INLINE void Row(const TensorView& x, int64_t b, int64_t t, int64_t h, int64_t K, int64_t kp, float* dst) {
+  const float* p = fptr(x) + b * x.strides[0] + t * x.strides[1] + h * x.strides[2];
+  for (int64_t i = 0; i < K; ++i) dst[i] = p[i * x.strides[3]];
+  std::fill(dst + K, dst + kp, 0.0f);
+}
+HWY_INLINE void StoreRow(const float* src, const TensorView& x, int64_t b, int64_t t, int64_t h, int64_t K) {
+  float* p = fptr_mut(x) + b * x.strides[0] + t * x.strides[1] + h * x.strides[2];
+  for (int64_t i = 0; i < K; ++i) p[i * x.strides[3]] = src[i];
+}
+
+// Decays d = exp(−exp(w)) of row (b, t, h) into sc.d; with slope, also −∂d/∂w = exp(w − e^w)
+// into sc.dd, formed in the exponent so that a decay that underflows to 0 gives 0, not 0·∞.
+HWY_INLINE void Decay(const TensorView& w, int64_t b, int64_t t, int64_t h, int64_t K, Wkv6Scratch& sc,
+                      bool slope = false) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  Row(w, b, t, h, K, sc.kp, sc.d);
+  const V lo = hn::Set(df, -150.0f);
+  for (int64_t i = 0; i < sc.kp; i += L) {
+    const V wv = hn::Load(df, sc.d + i), ew = hn::Exp(df, hn::Min(wv, hn::Set(df, 80.0f)));
+    hn::Store(hn::Exp(df, hn::Max(hn::Neg(ew), lo)), df, sc.d + i);
+    if (slope) hn::Store(hn::Exp(df, hn::Max(hn::Sub(wv, ew), lo)), df, sc.dd + i);
+  }
+}
+
+// One step on the state s: y = rᵀ(S + diag(u) k vᵀ) (when y), then S = diag(d) S + k vᵀ.
+HWY_INLINE void Wkv6Step(int64_t K, int64_t kp, const float* u, Wkv6Scratch& sc, float* HWY_RESTRICT S, float* y) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  float ruk = 0.0f;
+  for (int64_t i = 0; i < K; ++i) ruk += sc.r[i] * u[i] * sc.k[i];
+  // Columns in groups of 4 vectors: y and v of the group stay in registers.
+  for (int64_t j0 = 0; j0 < kp; j0 += 4 * L) {
+    const int64_t nvec = std::min<int64_t>(4, (kp - j0) / L);
+    V acc[4], vv[4];
+    for (int64_t x = 0; x < nvec; ++x) {
+      vv[x] = hn::Load(df, sc.v + j0 + x * L);
+      acc[x] = hn::Mul(hn::Set(df, ruk), vv[x]);
+    }
+    for (int64_t i = 0; i < K; ++i) {
+      const V ri = hn::Set(df, sc.r[i]), di = hn::Set(df, sc.d[i]), ki = hn::Set(df, sc.k[i]);
+      float* row = S + i * kp + j0;
+      for (int64_t x = 0; x < nvec; ++x) {
+        const V sv = hn::Load(df, row + x * L);
+        acc[x] = hn::MulAdd(ri, sv, acc[x]);
+        hn::Store(hn::MulAdd(di, sv, hn::Mul(ki, vv[x])), df, row + x * L);
+      }
+    }
+    if (y)
+      for (int64_t x = 0; x < nvec; ++x) hn::Store(acc[x], df, y + j0 + x * L);
+  }
+}
+
+void Wkv6ForwardItem(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v,
+                     const TensorView& w, const float* u, const TensorView& y, int64_t b, int64_t h, Wkv6Scratch& sc) {
+  const int64_t K = s.head_size, kp = sc.kp;
+  std::fill(sc.s, sc.s + K * kp, 0.0f);
+  for (int64_t t = 0; t < s.seq; ++t) {
+    Row(r, b, t, h, K, kp, sc.r);
+    Row(k, b, t, h, K, kp, sc.k);
+    Row(v, b, t, h, K, kp, sc.v);
+    Decay(w, b, t, h, K, sc);
+    Wkv6Step(K, kp, u, sc, sc.s, sc.y);
+    StoreRow(sc.y, y, b, t, h, K);
+  }
+}
+
+// Backward for head h over all batches (du sums over them).
+void Wkv6BackwardHead(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v,
+                      const TensorView& w, const float* u, const TensorView& dy, const TensorView& dr,
+                      const TensorView& dk, const TensorView& dv, const TensorView& dw, float* du_out, int64_t h,
+                      Wkv6Scratch& sc) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t K = s.head_size, kp = sc.kp, KS = K * kp;
+  const int64_t chunks = (s.seq + kT6 - 1) / kT6;
+  sc.ckpt.resize(chunks * KS);
+  std::fill(sc.du, sc.du + kp, 0.0f);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    std::fill(sc.s, sc.s + KS, 0.0f);
+    for (int64_t t = 0; t < s.seq; ++t) {
+      if (t % kT6 == 0) std::memcpy(&sc.ckpt[(t / kT6) * KS], sc.s, KS * sizeof(float));
+      Row(r, b, t, h, K, kp, sc.r);
+      Row(k, b, t, h, K, kp, sc.k);
+      Row(v, b, t, h, K, kp, sc.v);
+      Decay(w, b, t, h, K, sc);
+      Wkv6Step(K, kp, u, sc, sc.s, nullptr);
+    }
+    std::fill(sc.ds, sc.ds + KS, 0.0f);
+    for (int64_t ci = chunks - 1; ci >= 0; --ci) {
+      const int64_t t0 = ci * kT6, nt = std::min(kT6, s.seq - t0);
+      // hist[j] = S before step t0 + j
+      std::memcpy(sc.hist, &sc.ckpt[ci * KS], KS * sizeof(float));
+      for (int64_t j = 0; j + 1 < nt; ++j) {
+        std::memcpy(sc.hist + (j + 1) * KS, sc.hist + j * KS, KS * sizeof(float));
+        Row(r, b, t0 + j, h, K, kp, sc.r);
+        Row(k, b, t0 + j, h, K, kp, sc.k);
+        Row(v, b, t0 + j, h, K, kp, sc.v);
+        Decay(w, b, t0 + j, h, K, sc);
+        Wkv6Step(K, kp, u, sc, sc.hist + (j + 1) * KS, nullptr);
+      }
+      for (int64_t j = nt - 1; j >= 0; --j) {
+        const int64_t t = t0 + j;
+        const float* Sp = sc.hist + j * KS;  // S_{t−1}
+        Row(r, b, t, h, K, kp, sc.r);
+        Row(k, b, t, h, K, kp, sc.k);
+        Row(v, b, t, h, K, kp, sc.v);
+        Row(dy, b, t, h, K, kp, sc.gy);
+        Decay(w, b, t, h, K, sc, true);
+        float vg = 0.0f, ruk = 0.0f;
+        for (int64_t i = 0; i < K; ++i) {
+          vg += sc.v[i] * sc.gy[i];
+          ruk += sc.r[i] * u[i] * sc.k[i];
+        }
+        for (int64_t i = 0; i < kp; i += L) hn::Store(hn::Mul(hn::Set(df, ruk), hn::Load(df, sc.gy + i)), df, sc.gv + i);
+        for (int64_t i = 0; i < K; ++i) {
+          const float* si = Sp + i * kp;
+          float* dsi = sc.ds + i * kp;
+          V a_sg = hn::Zero(df), a_dsv = hn::Zero(df), a_dss = hn::Zero(df);
+          const V ki = hn::Set(df, sc.k[i]), di = hn::Set(df, sc.d[i]), ri = hn::Set(df, sc.r[i]);
+          for (int64_t j2 = 0; j2 < kp; j2 += L) {
+            const V sv = hn::Load(df, si + j2), dsv = hn::Load(df, dsi + j2), gyv = hn::Load(df, sc.gy + j2);
+            a_sg = hn::MulAdd(sv, gyv, a_sg);
+            a_dsv = hn::MulAdd(dsv, hn::Load(df, sc.v + j2), a_dsv);
+            a_dss = hn::MulAdd(dsv, sv, a_dss);
+            hn::Store(hn::MulAdd(dsv, ki, hn::Load(df, sc.gv + j2)), df, sc.gv + j2);
+            hn::Store(hn::MulAdd(di, dsv, hn::Mul(ri, gyv)), df, dsi + j2);  // dS_{t−1}
+          }
+          const float sg = hn::GetLane(hn::SumOfLanes(df, a_sg));
+          sc.gr[i] = sg + u[i] * sc.k[i] * vg;
+          sc.gk[i] = sc.r[i] * u[i] * vg + hn::GetLane(hn::SumOfLanes(df, a_dsv));
+          sc.du[i] += sc.r[i] * sc.k[i] * vg;
+          sc.gd[i] = -hn::GetLane(hn::SumOfLanes(df, a_dss)) * sc.dd[i];
+        }
+        StoreRow(sc.gr, dr, b, t, h, K);
+        StoreRow(sc.gk, dk, b, t, h, K);
+        StoreRow(sc.gv, dv, b, t, h, K);
+        StoreRow(sc.gd, dw, b, t, h, K);
+      }
+    }
+  }
+  for (int64_t i = 0; i < K; ++i) du_out[i] = sc.du[i];
+}
+
+}  // namespace
+
+void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
+                 const TensorView& v, const TensorView& y) {
+  const int64_t blocks = (s.channels + kW - 1) / kW;
+  ThreadPool& tp = pool();
+  std::vector<Wkv4Chunk> chunks(tp.size());
+  tp.parallel_for(s.batch * blocks, [&](int64_t item, int thread) {
+    Wkv4ForwardBlock(s, w, u, k, v, y, item / blocks, (item % blocks) * kW, chunks[thread]);
+  });
+}
+
+void Wkv4Backward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
+                  const TensorView& v, const TensorView& dy, const TensorView& dw, const TensorView& du,
+                  const TensorView& dk, const TensorView& dv) {
+  const DF df;
+  const int64_t blocks = (s.channels + kW - 1) / kW;
+  ThreadPool& tp = pool();
+  std::vector<Wkv4Chunk> chunks(tp.size());
+  std::vector<std::vector<Wkv4Vec>> ckpt(tp.size());
+  for (auto& c : ckpt) c.resize(((s.seq + kT - 1) / kT) * (kW / hn::Lanes(df)));
+  tp.parallel_for(blocks, [&](int64_t blk, int thread) {
+    Wkv4BackwardBlock(s, w, u, k, v, dy, dw, du, dk, dv, blk * kW, chunks[thread], ckpt[thread]);
+  });
+}
+
+void Wkv6Forward(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v,
+                 const TensorView& w, const TensorView& u, const TensorView& y) {
+  const int64_t K = s.head_size, kp = (K + 15) / 16 * 16;
+  std::vector<float> ub(s.heads * K);
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t i = 0; i < K; ++i) ub[h * K + i] = fptr(u)[h * u.strides[0] + i * u.strides[1]];
+  ThreadPool& tp = pool();
+  std::vector<Wkv6Scratch> scratch;
+  for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(Wkv6Dims{s.batch, 0, s.heads, K}, kp);
+  tp.parallel_for(s.batch * s.heads, [&](int64_t item, int thread) {
+    const int64_t b = item / s.heads, h = item % s.heads;
+    Wkv6ForwardItem(s, r, k, v, w, ub.data() + h * K, y, b, h, scratch[thread]);
+  });
+}
+
+void Wkv6Backward(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v,
+                  const TensorView& w, const TensorView& u, const TensorView& dy, const TensorView& dr,
+                  const TensorView& dk, const TensorView& dv, const TensorView& dw, const TensorView& du) {
+  const int64_t K = s.head_size, kp = (K + 15) / 16 * 16;
+  std::vector<float> ub(s.heads * K), dub(s.heads * K);
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t i = 0; i < K; ++i) ub[h * K + i] = fptr(u)[h * u.strides[0] + i * u.strides[1]];
+  ThreadPool& tp = pool();
+  std::vector<Wkv6Scratch> scratch;
+  for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(s, kp);
+  tp.parallel_for(s.heads, [&](int64_t h, int thread) {
+    Wkv6BackwardHead(s, r, k, v, w, ub.data() + h * K, dy, dr, dk, dv, dw, dub.data() + h * K, h, scratch[thread]);
+  });
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t i = 0; i < K; ++i) fptr_mut(du)[h * du.strides[0] + i * du.strides[1]] = dub[h * K + i];
+}
+
+}  // namespace attnkit::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+HWY_EXPORT(Wkv4Forward);
+HWY_EXPORT(Wkv4Backward);
+HWY_EXPORT(Wkv6Forward);
+HWY_EXPORT(Wkv6Backward);
+void wkv4_fwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+              const TensorView& y) {
+  HWY_DYNAMIC_DISPATCH(Wkv4Forward)(s, w, u, k, v, y);
+}
+void wkv4_bwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+              const TensorView& dy, const TensorView& dw, const TensorView& du, const TensorView& dk,
+              const TensorView& dv) {
+  HWY_DYNAMIC_DISPATCH(Wkv4Backward)(s, w, u, k, v, dy, dw, du, dk, dv);
+}
+void wkv6_fwd(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v, const TensorView& w,
+              const TensorView& u, const TensorView& y) {
+  HWY_DYNAMIC_DISPATCH(Wkv6Forward)(s, r, k, v, w, u, y);
+}
+void wkv6_bwd(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v, const TensorView& w,
+              const TensorView& u, const TensorView& dy, const TensorView& dr, const TensorView& dk,
+              const TensorView& dv, const TensorView& dw, const TensorView& du) {
+  HWY_DYNAMIC_DISPATCH(Wkv6Backward)(s, r, k, v, w, u, dy, dr, dk, dv, dw, du);
+}
+}  // namespace attnkit::cpu
+#endif

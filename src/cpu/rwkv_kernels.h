@@ -1,0 +1,31 @@
+// RWKV time-mixing CPU kernels, called by src/cpu/rwkv.cc after validation.
+#pragma once
+
+#include <cstdint>
+
+#include "attnkit/tensor.h"
+
+namespace attnkit::cpu {
+
+struct Wkv4Dims {
+  int64_t batch = 0, seq = 0, channels = 0;
+};
+struct Wkv6Dims {
+  int64_t batch = 0, seq = 0, heads = 0, head_size = 0;
+};
+
+// The initial exponent of the stable WKV-4 state: e^{p} with p this low is exactly 0 in f32.
+inline constexpr float kWkv4EmptyExponent = -1e38f;
+
+void wkv4_fwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+              const TensorView& y);
+void wkv4_bwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+              const TensorView& dy, const TensorView& dw, const TensorView& du, const TensorView& dk,
+              const TensorView& dv);
+void wkv6_fwd(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v, const TensorView& w,
+              const TensorView& u, const TensorView& y);
+void wkv6_bwd(const Wkv6Dims& s, const TensorView& r, const TensorView& k, const TensorView& v, const TensorView& w,
+              const TensorView& u, const TensorView& dy, const TensorView& dr, const TensorView& dk,
+              const TensorView& dv, const TensorView& dw, const TensorView& du);
+
+}  // namespace attnkit::cpu

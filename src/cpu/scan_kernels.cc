@@ -1,0 +1,310 @@
+// Mamba selective scan on the CPU, forward and backward (see include/attnkit/recurrent.h),
+// Highway SIMD with runtime dispatch.
+//
+// The recurrence is sequential in time but independent across channels, so the SIMD lanes run
+// channels: a block of kW = 16 channels (one 64-byte line of each [B, L, Dch] row) keeps its
+// state h : [N][kW] in L1 and walks time in chunks of kT steps. Each chunk is staged into
+// contiguous buffers (any strides, a partial last block padded), so the inner loop is
+//   a = exp(Δ·A[n]),  h[n] = a·h[n] + (Δ·x)·B[n],  y += C[n]·h[n]
+// on full vectors. Threads take (batch, channel block) pairs.
+//
+// Backward per channel block (all batches, so dA and dD need no cross-thread sums): a forward
+// pass keeps h at every chunk start (O(L/kT · N · kW) floats); then chunks are revisited last to
+// first, h recomputed inside the chunk, and the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} walked
+// backward:
+//   dΔ += g·h_{t−1}·a·A + g·B·x,  dA += g·h_{t−1}·a·Δ,  dx += g·Δ·B + dy·D,
+//   dB_t += Σ_d g·Δ·x,  dC_t += Σ_d dy·h_t      (sums over channels: per-thread buffers)
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/scan_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/scan_kernels.h"
+#include "cpu/scan_stage.h"
+#include "hwy/aligned_allocator.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace {
+
+constexpr int64_t kW = 16;  // channels per block
+constexpr int64_t kT = 64;  // time steps per chunk
+
+const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
+float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
+
+void Stage(const TensorView& src, int64_t b, int64_t t0, int64_t nt, int64_t c0, int64_t nc, float* HWY_RESTRICT dst) {
+  stage_rows(src, b, t0, nt, c0, nc, kW, dst);
+}
+void Unstage(const float* HWY_RESTRICT src, const TensorView& dst, int64_t b, int64_t t0, int64_t nt, int64_t c0,
+             int64_t nc) {
+  unstage_rows(src, kW, dst, b, t0, nt, c0, nc);
+}
+
+// Per-block constants: At[n][0..kW) = A[c0 + j, n], Dv[j] = D[c0 + j] (zero padded).
+void LoadBlockConstants(const ScanDims& s, const ScanInputs& in, int64_t c0, int64_t nc, float* HWY_RESTRICT at,
+                        float* HWY_RESTRICT dv) {
+  for (int64_t n = 0; n < s.state; ++n)
+    for (int64_t j = 0; j < kW; ++j) at[n * kW + j] = j < nc ? fptr(in.A)[(c0 + j) * in.A.strides[0] + n * in.A.strides[1]] : 0.0f;
+  for (int64_t j = 0; j < kW; ++j) dv[j] = s.has_d && j < nc ? fptr(in.D)[(c0 + j) * in.D.strides[0]] : 0.0f;
+}
+
+struct Chunk {  // staged [kT][kW] rows of one chunk
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *x, *dt, *z, *y, *dy, *gx, *gdt, *gz;
+  Chunk() : mem(hwy::AllocateAligned<float>(8 * kT * kW)) {
+    float* p = mem.get();
+    for (float** b : {&x, &dt, &z, &y, &dy, &gx, &gdt, &gz}) *b = p, p += kT * kW;
+  }
+};
+
+// Advances h over steps [0, nt) of a staged chunk; writes y (before the gate) when y != nullptr
+// and keeps every h_t in hs[t] ([nt][N][kW]) when hs != nullptr.
+HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, int64_t t0, int64_t nt,
+                          const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec, const Chunk& ch,
+                          float* HWY_RESTRICT h, float* HWY_RESTRICT y, float* HWY_RESTRICT hs) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  constexpr int64_t kMaxVecs = kW;  // Lanes >= 1
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t nv = kW / L;
+  const int64_t N = s.state;
+  const float* bp = fptr(in.B) + b * in.B.strides[0] + t0 * in.B.strides[1];
+  const float* cp = fptr(in.C) + b * in.C.strides[0] + t0 * in.C.strides[1];
+  for (int64_t t = 0; t < nt; ++t) {
+    V dt[kMaxVecs], dtx[kMaxVecs], acc[kMaxVecs];
+    for (int64_t v = 0; v < nv; ++v) {
+      const V xv = hn::Load(df, ch.x + t * kW + v * L);
+      dt[v] = hn::Load(df, ch.dt + t * kW + v * L);
+      dtx[v] = hn::Mul(dt[v], xv);
+      acc[v] = hn::Mul(hn::Load(df, dvec + v * L), xv);
+    }
+    const float* bt = bp + t * in.B.strides[1];
+    const float* ct = cp + t * in.C.strides[1];
+    for (int64_t n = 0; n < N; ++n) {
+      const V bn = hn::Set(df, bt[n * in.B.strides[2]]);
+      const V cn = hn::Set(df, ct[n * in.C.strides[2]]);
+      float* hn_ = h + n * kW;
+      for (int64_t v = 0; v < nv; ++v) {
+        const V a = hn::Exp(df, hn::Mul(dt[v], hn::Load(df, at + n * kW + v * L)));
+        const V hv = hn::MulAdd(a, hn::Load(df, hn_ + v * L), hn::Mul(dtx[v], bn));
+        hn::Store(hv, df, hn_ + v * L);
+        acc[v] = hn::MulAdd(cn, hv, acc[v]);
+      }
+    }
+    if (hs) std::memcpy(hs + t * N * kW, h, N * kW * sizeof(float));
+    if (y) {
+      for (int64_t v = 0; v < nv; ++v) hn::Store(acc[v], df, y + t * kW + v * L);
+    }
+  }
+}
+
+// silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z))).
+HWY_INLINE hn::Vec<hn::ScalableTag<float>> Sigmoid(hn::Vec<hn::ScalableTag<float>> z) {
+  const hn::ScalableTag<float> df;
+  return hn::Div(hn::Set(df, 1.0f), hn::Add(hn::Set(df, 1.0f), hn::Exp(df, hn::Neg(z))));
+}
+
+void ForwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t c0, Chunk& ch,
+                  float* HWY_RESTRICT at, float* HWY_RESTRICT dvec, float* HWY_RESTRICT h) {
+  const hn::ScalableTag<float> df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t nc = std::min(kW, s.channels - c0);
+  LoadBlockConstants(s, in, c0, nc, at, dvec);
+  std::fill(h, h + s.state * kW, 0.0f);
+  for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
+    const int64_t nt = std::min(kT, s.seq - t0);
+    Stage(in.x, b, t0, nt, c0, nc, ch.x);
+    Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
+    ScanChunk(s, in, b, t0, nt, at, dvec, ch, h, ch.y, nullptr);
+    if (s.has_z) {
+      Stage(in.z, b, t0, nt, c0, nc, ch.z);
+      for (int64_t i = 0; i < nt * kW; i += L) {
+        const auto zv = hn::Load(df, ch.z + i);
+        hn::Store(hn::Mul(hn::Load(df, ch.y + i), hn::Mul(zv, Sigmoid(zv))), df, ch.y + i);
+      }
+    }
+    Unstage(ch.y, out, b, t0, nt, c0, nc);
+  }
+}
+
+struct BwdBuffers {
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *at, *dvec, *h, *carry, *dA, *dD, *hs;
+  std::vector<float> ckpt;  // [chunks][N][kW]
+  std::vector<float> dB, dC;  // this thread's share: [B][L][N]
+  BwdBuffers(const ScanDims& s)
+      : mem(hwy::AllocateAligned<float>(5 * s.state * kW + 2 * kW + (kT + 1) * s.state * kW)) {
+    const int64_t NW = s.state * kW;
+    at = mem.get();
+    h = at + NW;
+    carry = h + NW;
+    dA = carry + NW;
+    dvec = dA + NW;
+    dD = dvec + kW;
+    hs = dD + kW + NW;  // [kT + 1][N][kW]: hs[0] is h before the chunk
+    ckpt.resize(((s.seq + kT - 1) / kT) * NW);
+    dB.assign(s.batch * s.seq * s.state, 0.0f);
+    dC.assign(s.batch * s.seq * s.state, 0.0f);
+  }
+};
+
+void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& dout, const ScanGrads& g, int64_t c0,
+                   Chunk& ch, BwdBuffers& bb) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t N = s.state, NW = N * kW, nv = kW / L;
+  const int64_t nc = std::min(kW, s.channels - c0);
+  const int64_t chunks = (s.seq + kT - 1) / kT;
+  LoadBlockConstants(s, in, c0, nc, bb.at, bb.dvec);
+  std::fill(bb.dA, bb.dA + NW, 0.0f);
+  std::fill(bb.dD, bb.dD + kW, 0.0f);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    std::fill(bb.h, bb.h + NW, 0.0f);
+    for (int64_t ci = 0; ci < chunks; ++ci) {
+      const int64_t t0 = ci * kT, nt = std::min(kT, s.seq - t0);
+      std::memcpy(&bb.ckpt[ci * NW], bb.h, NW * sizeof(float));
+      Stage(in.x, b, t0, nt, c0, nc, ch.x);
+      Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
+      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, ch, bb.h, nullptr, nullptr);
+    }
+    std::fill(bb.carry, bb.carry + NW, 0.0f);
+    float* dBb = bb.dB.data() + b * s.seq * N;
+    float* dCb = bb.dC.data() + b * s.seq * N;
+    for (int64_t ci = chunks - 1; ci >= 0; --ci) {
+      const int64_t t0 = ci * kT, nt = std::min(kT, s.seq - t0);
+      Stage(in.x, b, t0, nt, c0, nc, ch.x);
+      Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
+      Stage(dout, b, t0, nt, c0, nc, ch.dy);
+      std::memcpy(bb.hs, &bb.ckpt[ci * NW], NW * sizeof(float));
+      std::memcpy(bb.h, bb.hs, NW * sizeof(float));
+      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, ch, bb.h, ch.y, bb.hs + NW);
+      if (s.has_z) {  // dz = dout·y·silu'(z), dy = dout·silu(z)
+        Stage(in.z, b, t0, nt, c0, nc, ch.z);
+        for (int64_t i = 0; i < nt * kW; i += L) {
+          const V zv = hn::Load(df, ch.z + i), sg = Sigmoid(zv), go = hn::Load(df, ch.dy + i);
+          const V dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
+          hn::Store(hn::Mul(hn::Mul(go, hn::Load(df, ch.y + i)), dsilu), df, ch.gz + i);
+          hn::Store(hn::Mul(go, hn::Mul(zv, sg)), df, ch.dy + i);
+        }
+      }
+      const float* bp = fptr(in.B) + b * in.B.strides[0];
+      const float* cp = fptr(in.C) + b * in.C.strides[0];
+      for (int64_t t = nt - 1; t >= 0; --t) {
+        const int64_t tt = t0 + t;
+        const float* bt = bp + tt * in.B.strides[1];
+        const float* ct = cp + tt * in.C.strides[1];
+        const float* h_now = bb.hs + (t + 1) * NW;
+        const float* h_prev = bb.hs + t * NW;
+        V dt[kW], xv[kW], dy[kW], gx[kW], gdt[kW];
+        for (int64_t v = 0; v < nv; ++v) {
+          dt[v] = hn::Load(df, ch.dt + t * kW + v * L);
+          xv[v] = hn::Load(df, ch.x + t * kW + v * L);
+          dy[v] = hn::Load(df, ch.dy + t * kW + v * L);
+          gx[v] = hn::Mul(dy[v], hn::Load(df, bb.dvec + v * L));
+          gdt[v] = hn::Zero(df);
+          hn::Store(hn::MulAdd(dy[v], xv[v], hn::Load(df, bb.dD + v * L)), df, bb.dD + v * L);
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const float bn_s = bt[n * in.B.strides[2]];
+          const V bn = hn::Set(df, bn_s), cn = hn::Set(df, ct[n * in.C.strides[2]]);
+          V db = hn::Zero(df), dc = hn::Zero(df);
+          for (int64_t v = 0; v < nv; ++v) {
+            const int64_t o = n * kW + v * L;
+            const V an = hn::Load(df, bb.at + o);
+            const V a = hn::Exp(df, hn::Mul(dt[v], an));
+            const V gv = hn::MulAdd(cn, dy[v], hn::Load(df, bb.carry + o));
+            dc = hn::MulAdd(dy[v], hn::Load(df, h_now + o), dc);
+            const V ga = hn::Mul(hn::Mul(gv, hn::Load(df, h_prev + o)), a);  // ∂/∂(ΔA)
+            gdt[v] = hn::MulAdd(ga, an, hn::MulAdd(hn::Mul(gv, bn), xv[v], gdt[v]));
+            hn::Store(hn::MulAdd(ga, dt[v], hn::Load(df, bb.dA + o)), df, bb.dA + o);
+            const V gdx = hn::Mul(gv, dt[v]);
+            gx[v] = hn::MulAdd(gdx, bn, gx[v]);
+            db = hn::MulAdd(gdx, xv[v], db);
+            hn::Store(hn::Mul(a, gv), df, bb.carry + o);
+          }
+          dBb[tt * N + n] += hn::GetLane(hn::SumOfLanes(df, db));
+          dCb[tt * N + n] += hn::GetLane(hn::SumOfLanes(df, dc));
+        }
+        for (int64_t v = 0; v < nv; ++v) {
+          hn::Store(gx[v], df, ch.gx + t * kW + v * L);
+          hn::Store(gdt[v], df, ch.gdt + t * kW + v * L);
+        }
+      }
+      Unstage(ch.gx, g.dx, b, t0, nt, c0, nc);
+      Unstage(ch.gdt, g.ddelta, b, t0, nt, c0, nc);
+      if (s.has_z) Unstage(ch.gz, g.dz, b, t0, nt, c0, nc);
+    }
+  }
+  for (int64_t j = 0; j < nc; ++j) {
+    for (int64_t n = 0; n < N; ++n) fptr_mut(g.dA)[(c0 + j) * g.dA.strides[0] + n * g.dA.strides[1]] = bb.dA[n * kW + j];
+    if (s.has_d) fptr_mut(g.dD)[(c0 + j) * g.dD.strides[0]] = bb.dD[j];
+  }
+}
+
+}  // namespace
+
+void ScanForward(const ScanDims& s, const ScanInputs& in, const TensorView& out) {
+  const int64_t blocks = (s.channels + kW - 1) / kW;
+  ThreadPool& tp = pool();
+  std::vector<Chunk> chunks(tp.size());
+  std::vector<hwy::AlignedFreeUniquePtr<float[]>> consts;
+  for (int t = 0; t < tp.size(); ++t) consts.push_back(hwy::AllocateAligned<float>(2 * s.state * kW + kW));
+  tp.parallel_for(s.batch * blocks, [&](int64_t item, int thread) {
+    float* at = consts[thread].get();
+    ForwardBlock(s, in, out, item / blocks, (item % blocks) * kW, chunks[thread], at, at + s.state * kW,
+                 at + s.state * kW + kW);
+  });
+}
+
+void ScanBackward(const ScanDims& s, const ScanInputs& in, const TensorView& dout, const ScanGrads& g) {
+  const int64_t blocks = (s.channels + kW - 1) / kW;
+  ThreadPool& tp = pool();
+  const int threads = static_cast<int>(std::min<int64_t>(tp.size(), blocks));
+  std::vector<Chunk> chunks(threads);
+  std::vector<BwdBuffers> bufs;
+  for (int t = 0; t < threads; ++t) bufs.emplace_back(s);
+  // Blocks are dealt out statically so that each thread's dB / dC share covers its blocks.
+  tp.parallel_for(threads, [&](int64_t part, int) {
+    for (int64_t blk = part; blk < blocks; blk += threads) BackwardBlock(s, in, dout, g, blk * kW, chunks[part], bufs[part]);
+  });
+  // dB, dC = Σ over threads, written to the (strided) outputs.
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t t = 0; t < s.seq; ++t) {
+      for (int64_t n = 0; n < s.state; ++n) {
+        float db = 0, dc = 0;
+        const int64_t i = (b * s.seq + t) * s.state + n;
+        for (int p = 0; p < threads; ++p) {
+          db += bufs[p].dB[i];
+          dc += bufs[p].dC[i];
+        }
+        fptr_mut(g.dB)[b * g.dB.strides[0] + t * g.dB.strides[1] + n * g.dB.strides[2]] = db;
+        fptr_mut(g.dC)[b * g.dC.strides[0] + t * g.dC.strides[1] + n * g.dC.strides[2]] = dc;
+      }
+    }
+  }
+}
+
+}  // namespace attnkit::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+HWY_EXPORT(ScanForward);
+HWY_EXPORT(ScanBackward);
+void scan_fwd(const ScanDims& s, const ScanInputs& in, const TensorView& out) {
+  HWY_DYNAMIC_DISPATCH(ScanForward)(s, in, out);
+}
+void scan_bwd(const ScanDims& s, const ScanInputs& in, const TensorView& dout, const ScanGrads& g) {
+  HWY_DYNAMIC_DISPATCH(ScanBackward)(s, in, dout, g);
+}
+}  // namespace attnkit::cpu
+#endif

@@ -1,0 +1,292 @@
+// RWKV time mixing: WKV-4 (stable form) and WKV-6 (data-dependent decay), forward, backward and
+// the streaming steps against float64 references, on fresh random inputs with outputs poisoned;
+// long sequences with extreme decays; bad inputs rejected.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "reference/recurrent_ref.h"
+#include "test_util.h"
+
+namespace attnkit::test {
+namespace {
+
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an attnkit::Error mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+std::vector<double> dense(const HostTensor& t) {
+  std::vector<double> r(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) r[i] = t.get(i);
+  return r;
+}
+
+int64_t count_nonfinite(const HostTensor& t) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) bad += !std::isfinite(t.get(i));
+  return bad;
+}
+
+// Token s of a [B, T, ...] view, with the seq dim dropped.
+TensorView token(const HostTensor& t, int64_t s) {
+  const TensorView& v = t.view;
+  TensorView r = v;
+  r.data = static_cast<float*>(v.data) + s * v.strides[1];
+  r.ndim = v.ndim - 1;
+  r.shape[0] = v.shape[0];
+  r.strides[0] = v.strides[0];
+  for (int i = 1; i < r.ndim; ++i) {
+    r.shape[i] = v.shape[i + 1];
+    r.strides[i] = v.strides[i + 1];
+  }
+  r.shape[r.ndim] = r.strides[r.ndim] = 0;
+  return r;
+}
+
+// ---- WKV-4 ----
+
+struct Case4 {
+  std::string name;
+  int64_t B = 1, T = 40, C = 16;
+  float w_mean = 0.0f;  // w = exp(N(w_mean, 1)): the decay rate per step
+  float k_scale = 1.0f;
+  bool strided = false;
+};
+void PrintTo(const Case4& c, std::ostream* os) { *os << c.name; }
+
+struct Inputs4 {
+  HostTensor w, u, k, v, dy;
+};
+
+Inputs4 make4(const Case4& c, std::mt19937_64& rng) {
+  Inputs4 in;
+  in.w = HostTensor(DType::f32, {c.C});
+  in.u = HostTensor(DType::f32, {c.C});
+  for (HostTensor* t : {&in.k, &in.v, &in.dy}) {
+    if (c.strided) {  // [B, T, C] inside a [B, T, 2C] buffer, channel stride 2
+      *t = HostTensor(DType::f32, {c.B, c.T, 2 * c.C});
+      t->view.shape[2] = c.C;
+      t->view.strides[2] = 2;
+    } else {
+      *t = HostTensor(DType::f32, {c.B, c.T, c.C});
+    }
+  }
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < c.C; ++i) in.w.set(i, std::exp(c.w_mean + normal(rng)));
+  in.u.fill_random(rng);
+  in.k.fill_random(rng, c.k_scale);
+  in.v.fill_random(rng);
+  in.dy.fill_random(rng);
+  return in;
+}
+
+std::vector<Case4> cases4() {
+  return {
+      {.name = "one_step", .T = 1, .C = 3},
+      {.name = "basic", .T = 40, .C = 16},
+      {.name = "odd", .B = 2, .T = 150, .C = 21},
+      {.name = "strided", .B = 2, .T = 70, .C = 18, .strided = true},
+      {.name = "large_keys", .T = 120, .C = 16, .k_scale = 30.0f},
+      {.name = "slow_decay", .T = 300, .C = 8, .w_mean = -9.0f},
+      {.name = "fast_decay", .T = 300, .C = 8, .w_mean = 4.0f},
+  };
+}
+
+class Wkv4 : public ::testing::TestWithParam<Case4> {};
+
+TEST_P(Wkv4, ForwardMatchesReference) {
+  const Case4& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name));
+  const Inputs4 in = make4(c, rng);
+  HostTensor y(DType::f32, {c.B, c.T, c.C});
+  y.poison();
+  wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, y.view);
+  expect_close(y, ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view), tolerance(DType::f32, false),
+               c.name + " y");
+}
+
+TEST_P(Wkv4, BackwardMatchesReference) {
+  const Case4& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name) ^ 1);
+  const Inputs4 in = make4(c, rng);
+  HostTensor dw(DType::f32, {c.C}), du(DType::f32, {c.C}), dk(DType::f32, {c.B, c.T, c.C}),
+      dv(DType::f32, {c.B, c.T, c.C});
+  for (HostTensor* t : {&dw, &du, &dk, &dv}) t->poison();
+  wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view, dw.view, du.view, dk.view, dv.view);
+  const ref::Wkv4GradsRef r = ref::wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view);
+  const double tol = tolerance(DType::f32, true);
+  expect_close(dw, r.dw, tol, c.name + " dw");
+  expect_close(du, r.du, tol, c.name + " du");
+  expect_close(dk, r.dk, tol, c.name + " dk");
+  expect_close(dv, r.dv, tol, c.name + " dv");
+}
+
+TEST_P(Wkv4, StepsEqualFullSequence) {
+  const Case4& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name) ^ 2);
+  const Inputs4 in = make4(c, rng);
+  HostTensor full(DType::f32, {c.B, c.T, c.C}), stepped(DType::f32, {c.B, c.T, c.C});
+  wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, full.view);
+  stepped.poison();
+  Wkv4State st(c.B, c.C);
+  for (int64_t s = 0; s < c.T; ++s) wkv4_step(st, in.w.view, in.u.view, token(in.k, s), token(in.v, s), token(stepped, s));
+  expect_close(stepped, dense(full), tolerance(DType::f32, false), c.name + " steps");
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Wkv4, ::testing::ValuesIn(cases4()), [](const auto& info) { return info.param.name; });
+
+TEST(Wkv4, LongSequencesWithExtremeDecaysStayFinite) {
+  for (float w_mean : {-12.0f, 5.0f}) {
+    const Case4 c{.name = "long", .T = 50000, .C = 16, .w_mean = w_mean, .k_scale = 40.0f};
+    std::mt19937_64 rng(test_seed() ^ 9);
+    const Inputs4 in = make4(c, rng);
+    HostTensor y(DType::f32, {1, c.T, c.C}), dw(DType::f32, {c.C}), du(DType::f32, {c.C}),
+        dk(DType::f32, {1, c.T, c.C}), dv(DType::f32, {1, c.T, c.C});
+    wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, y.view);
+    wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view, dw.view, du.view, dk.view, dv.view);
+    for (const HostTensor* t : {&y, &dw, &du, &dk, &dv}) EXPECT_EQ(count_nonfinite(*t), 0) << "w_mean " << w_mean;
+  }
+}
+
+TEST(Wkv4, BadArgumentsThrow) {
+  HostTensor w(DType::f32, {4}), u(DType::f32, {4}), k(DType::f32, {1, 8, 4}), v(DType::f32, {1, 8, 4}),
+      y(DType::f32, {1, 8, 4}), w5(DType::f32, {5}), v9(DType::f32, {1, 9, 4});
+  expect_error([&] { wkv4_forward(w5.view, u.view, k.view, v.view, y.view); }, "w: expected shape [4]");
+  expect_error([&] { wkv4_forward(w.view, u.view, k.view, v9.view, y.view); }, "v: expected shape");
+  expect_error([&] { wkv4_forward(w.view, u.view, k.view, v.view, v.view); }, "y: expected memory disjoint from v");
+  w.set(1, INFINITY);
+  expect_error([&] { wkv4_forward(w.view, u.view, k.view, v.view, y.view); }, "w: expected finite elements");
+  w.set(1, 1.0f);
+  TensorView neg = k.view;
+  neg.shape[2] = -4;
+  expect_error([&] { wkv4_forward(w.view, u.view, neg, v.view, y.view); }, "k: expected every size to be positive");
+  HostTensor dw(DType::f32, {4}), du(DType::f32, {4}), dk(DType::f32, {1, 8, 4});
+  expect_error([&] { wkv4_backward(w.view, u.view, k.view, v.view, y.view, dw.view, du.view, dk.view, dk.view); },
+               "dk: expected memory disjoint from dv");
+  expect_error([] { Wkv4State(0, 4); }, "batch: expected >= 1");
+  Wkv4State st(1, 5);
+  expect_error([&] { wkv4_step(st, w.view, u.view, token(k, 0), token(v, 0), token(y, 0)); }, "the state's");
+}
+
+// ---- WKV-6 ----
+
+struct Case6 {
+  std::string name;
+  int64_t B = 1, T = 20, H = 2, K = 16;
+  float w_mean = -1.0f;  // decay d = exp(−exp(w)), w ~ N(w_mean, 1)
+};
+void PrintTo(const Case6& c, std::ostream* os) { *os << c.name; }
+
+struct Inputs6 {
+  HostTensor r, k, v, w, u, dy;
+};
+
+Inputs6 make6(const Case6& c, std::mt19937_64& rng) {
+  Inputs6 in;
+  for (HostTensor* t : {&in.r, &in.k, &in.v, &in.w, &in.dy}) {
+    *t = HostTensor(DType::f32, {c.B, c.T, c.H, c.K});
+    t->fill_random(rng);
+  }
+  std::normal_distribution<float> normal(c.w_mean, 1.0f);
+  for (int64_t i = 0; i < in.w.numel(); ++i) in.w.set(i, normal(rng));
+  in.u = HostTensor(DType::f32, {c.H, c.K});
+  in.u.fill_random(rng);
+  return in;
+}
+
+std::vector<Case6> cases6() {
+  return {
+      {.name = "one_step", .T = 1, .H = 1, .K = 4},
+      {.name = "basic", .T = 20, .H = 2, .K = 16},
+      {.name = "odd_size_chunks", .B = 2, .T = 37, .H = 3, .K = 23},
+      {.name = "head_64", .T = 18, .H = 1, .K = 64},
+      {.name = "decay_near_one", .T = 60, .H = 1, .K = 8, .w_mean = -8.0f},
+      {.name = "decay_near_zero", .T = 60, .H = 1, .K = 8, .w_mean = 3.0f},
+  };
+}
+
+class Wkv6 : public ::testing::TestWithParam<Case6> {};
+
+TEST_P(Wkv6, ForwardMatchesReference) {
+  const Case6& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name));
+  const Inputs6 in = make6(c, rng);
+  HostTensor y(DType::f32, {c.B, c.T, c.H, c.K});
+  y.poison();
+  wkv6_forward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, y.view);
+  expect_close(y, ref::wkv6_forward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view),
+               tolerance(DType::f32, false), c.name + " y");
+}
+
+TEST_P(Wkv6, BackwardMatchesReference) {
+  const Case6& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name) ^ 1);
+  const Inputs6 in = make6(c, rng);
+  HostTensor dr(DType::f32, {c.B, c.T, c.H, c.K}), dk(DType::f32, {c.B, c.T, c.H, c.K}),
+      dv(DType::f32, {c.B, c.T, c.H, c.K}), dw(DType::f32, {c.B, c.T, c.H, c.K}), du(DType::f32, {c.H, c.K});
+  for (HostTensor* t : {&dr, &dk, &dv, &dw, &du}) t->poison();
+  wkv6_backward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, in.dy.view, dr.view, dk.view, dv.view,
+                dw.view, du.view);
+  const ref::Wkv6GradsRef r = ref::wkv6_backward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, in.dy.view);
+  const double tol = tolerance(DType::f32, true);
+  expect_close(dr, r.dr, tol, c.name + " dr");
+  expect_close(dk, r.dk, tol, c.name + " dk");
+  expect_close(dv, r.dv, tol, c.name + " dv");
+  expect_close(dw, r.dw, tol, c.name + " dw");
+  expect_close(du, r.du, tol, c.name + " du");
+}
+
+TEST_P(Wkv6, StepsEqualFullSequence) {
+  const Case6& c = GetParam();
+  std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name) ^ 2);
+  const Inputs6 in = make6(c, rng);
+  HostTensor full(DType::f32, {c.B, c.T, c.H, c.K}), stepped(DType::f32, {c.B, c.T, c.H, c.K});
+  wkv6_forward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, full.view);
+  stepped.poison();
+  Wkv6State st(c.B, c.H, c.K);
+  for (int64_t s = 0; s < c.T; ++s) {
+    wkv6_step(st, token(in.r, s), token(in.k, s), token(in.v, s), token(in.w, s), in.u.view, token(stepped, s));
+  }
+  expect_close(stepped, dense(full), tolerance(DType::f32, false), c.name + " steps");
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Wkv6, ::testing::ValuesIn(cases6()), [](const auto& info) { return info.param.name; });
+
+TEST(Wkv6, LongSequencesWithExtremeDecaysStayFinite) {
+  for (float w_mean : {-15.0f, 6.0f}) {
+    const Case6 c{.name = "long", .T = 3000, .H = 1, .K = 16, .w_mean = w_mean};
+    std::mt19937_64 rng(test_seed() ^ 11);
+    const Inputs6 in = make6(c, rng);
+    HostTensor y(DType::f32, {1, c.T, 1, c.K}), dr(DType::f32, {1, c.T, 1, c.K}), dk(DType::f32, {1, c.T, 1, c.K}),
+        dv(DType::f32, {1, c.T, 1, c.K}), dw(DType::f32, {1, c.T, 1, c.K}), du(DType::f32, {1, c.K});
+    wkv6_forward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, y.view);
+    wkv6_backward(in.r.view, in.k.view, in.v.view, in.w.view, in.u.view, in.dy.view, dr.view, dk.view, dv.view,
+                  dw.view, du.view);
+    for (const HostTensor* t : {&y, &dr, &dk, &dv, &dw, &du}) EXPECT_EQ(count_nonfinite(*t), 0) << "w_mean " << w_mean;
+  }
+}
+
+TEST(Wkv6, BadArgumentsThrow) {
+  HostTensor r(DType::f32, {1, 8, 2, 4}), k(DType::f32, {1, 8, 2, 4}), v(DType::f32, {1, 8, 2, 4}),
+      w(DType::f32, {1, 8, 2, 4}), u(DType::f32, {2, 4}), y(DType::f32, {1, 8, 2, 4}), u3(DType::f32, {3, 4}),
+      r5(DType::f32, {1, 8, 2, 5});
+  expect_error([&] { wkv6_forward(r.view, k.view, v.view, w.view, u3.view, y.view); }, "u: expected shape [2, 4]");
+  expect_error([&] { wkv6_forward(r5.view, k.view, v.view, w.view, u.view, y.view); }, "r: expected shape");
+  expect_error([&] { wkv6_forward(r.view, k.view, v.view, w.view, u.view, r.view); }, "y: expected memory disjoint");
+  w.set(3, NAN);
+  expect_error([&] { wkv6_forward(r.view, k.view, v.view, w.view, u.view, y.view); }, "w: expected finite elements");
+  w.set(3, 0.0f);
+  expect_error([] { Wkv6State(1, 1, 0); }, "head_size: expected 1..");
+  Wkv6State st(1, 3, 4);
+  expect_error([&] { wkv6_step(st, token(r, 0), token(k, 0), token(v, 0), token(w, 0), u.view, token(y, 0)); },
+               "the state's");
+}
+
+}  // namespace
+}  // namespace attnkit::test
