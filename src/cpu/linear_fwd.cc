@@ -24,6 +24,7 @@
 #include "cpu/linear_features-inl.h"
 #include "cpu/linear_kernels.h"
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -60,6 +61,25 @@ void LoadKeyChunk(const FeatureCtx& c, const TensorView& k, const TensorView& v,
   LoadRows(v, b, t0, hk, n, kC, c.D, c.Dp, s.vv);
 }
 
+// Rows [t0, t0 + n) of the group's q heads (and of k, v when causal) are requested ahead: each
+// row of a head is a short segment at a large stride, which the hardware prefetchers miss.
+void PrefetchChunk(const TensorView& q, const TensorView& k, const TensorView& v, int64_t b, int64_t hk, int64_t G,
+                   int64_t t0, int64_t n, int64_t D, bool keys) {
+  auto rows = [&](const TensorView& t, int64_t h) {
+    const auto* base = static_cast<const char*>(t.data);
+    const int64_t es = dtype_size(t.dtype), span = (D - 1) * t.strides[3] * es;
+    for (int64_t r = 0; r < n; ++r) {
+      const char* p = base + offset4(t, b, t0 + r, h, 0) * es;
+      for (int64_t o = 0; o <= span; o += 64) hwy::Prefetch(p + o);
+    }
+  };
+  for (int64_t g = 0; g < G; ++g) rows(q, hk * G + g);
+  if (keys) {
+    rows(k, hk);
+    rows(v, hk);
+  }
+}
+
 // S += Φkᵀ V, z += colsum(Φk) over the chunk's n rows.
 void AddToState(const FeatureCtx& c, int64_t n, FwdScratch& s) {
   TileProduct<Accum::add>(c.F, c.Dp, {s.phk, 1, c.Fp}, s.vv, c.Dp, n, s.s, c.Dp);
@@ -80,14 +100,19 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
   }
   for (int64_t t0 = 0; t0 < pr.seq_q; t0 += kC) {
     const int64_t n = std::min(kC, pr.seq_q - t0);
+    PrefetchChunk(q, k, v, b, hk, G, t0 + kC, std::min(kC, pr.seq_q - t0 - kC), c.D, pr.causal);
     if (pr.causal) LoadKeyChunk(c, k, v, b, hk, t0, n, true, s);
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = hk * G + g;
       LoadRows(q, b, t0, h, n, kC, c.D, c.Dp, s.x);
       FeaturesFwd(c, s.x, n, kC, s.phq);
       if (pr.causal) {
-        // a[i][j] = φq_i · φk_j for j <= i, den_i = Σ_j a[i][j]
-        TileProduct<Accum::overwrite>(n, kC, {s.phq, c.Fp, 1}, s.phkt, kC, c.F, s.a, kC);
+        // a[i][j] = φq_i · φk_j for j <= i, den_i = Σ_j a[i][j]; per block of kTileRows rows only
+        // the columns up to the diagonal are formed, and the product with V stops there too.
+        for (int64_t r = 0; r < n; r += kTileRows) {
+          const int64_t rows = std::min(kTileRows, n - r), cols = std::min(kC, (r + rows + 15) / 16 * 16);
+          TileProduct<Accum::overwrite>(rows, cols, {s.phq + r * c.Fp, c.Fp, 1}, s.phkt, kC, c.F, s.a + r * kC, kC);
+        }
         for (int64_t i = 0; i < n; ++i) {
           float* ai = s.a + i * kC;
           float sum = 0.0f;
@@ -95,7 +120,10 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
           std::fill(ai + i + 1, ai + kC, 0.0f);
           s.den[i] = sum;
         }
-        TileProduct<Accum::overwrite>(n, c.Dp, {s.a, kC, 1}, s.vv, c.Dp, n, s.num, c.Dp);
+        for (int64_t r = 0; r < n; r += kTileRows) {
+          const int64_t rows = std::min(kTileRows, n - r);
+          TileProduct<Accum::overwrite>(rows, c.Dp, {s.a + r * kC, kC, 1}, s.vv, c.Dp, r + rows, s.num + r * c.Dp, c.Dp);
+        }
         TileProduct<Accum::add>(n, c.Dp, {s.phq, c.Fp, 1}, s.s, c.Dp, c.F, s.num, c.Dp);
       } else {
         std::fill(s.den, s.den + n, 0.0f);

@@ -27,6 +27,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
+#include "cpu/scan_exp-inl.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -42,20 +43,28 @@ using V = hn::Vec<DF>;
 
 constexpr int64_t kW = 16;   // WKV-4 channels per block
 constexpr int64_t kT = 64;   // WKV-4 steps per chunk
+constexpr int64_t kGroupBlocks = 16;  // WKV-4 forward: blocks per group, [kT][256] staging buffers
 constexpr int64_t kT6 = 16;  // WKV-6 steps per backward chunk
 
 const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
 float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
 
 // Stable merge of e^{x}·A and e^{y}·B: returns m = max(x, y) and the factors ex = e^{x−m},
-// ey = e^{y−m}, one of which is 1.
+// ey = e^{y−m}, one of which is 1: with d = x − y, the other is e^{−|d|}, and d's sign picks.
 HWY_INLINE void Merge(DF df, V x, V y, V& m, V& ex, V& ey) {
+  const V d = hn::Sub(x, y);
   m = hn::Max(x, y);
-  const V e = hn::Exp(df, hn::Neg(hn::Abs(hn::Sub(x, y))));
-  const auto x_big = hn::Ge(x, y);
+  const V e = FastExp(df, hn::Neg(hn::Abs(d)));
   const V one = hn::Set(df, 1.0f);
-  ex = hn::IfThenElse(x_big, one, e);
-  ey = hn::IfThenElse(x_big, e, one);
+  ex = hn::IfNegativeThenElse(d, e, one);
+  ey = hn::IfNegativeThenElse(d, one, e);
+}
+
+// 1/x from the hardware estimate and one Newton step (relative error about 1e-7 for the
+// denominators here, which are >= 1): cheaper than a division on every step.
+HWY_INLINE V Reciprocal(DF df, V x) {
+  const V r = hn::ApproximateReciprocal(x);
+  return hn::Mul(r, hn::NegMulAdd(x, r, hn::Set(df, 2.0f)));
 }
 
 // ---- WKV-4 ------------------------------------------------------------------------------
@@ -69,7 +78,7 @@ struct Wkv4Chunk {
   }
 };
 
-struct Wkv4Consts {
+struct alignas(64) Wkv4Consts {
   float w[kW], u[kW];
 };
 
@@ -136,19 +145,60 @@ void Wkv4EmptyState(DF df, Wkv4Vec* st) {
     st[i] = {hn::Zero(df), hn::Zero(df), hn::Set(df, kWkv4EmptyExponent), hn::Zero(df), hn::Zero(df)};
 }
 
-void Wkv4ForwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
-                      const TensorView& v, const TensorView& y, int64_t b, int64_t c0, Wkv4Chunk& ch) {
+// Forward for channel blocks [blk0, blk0 + nblk) of batch b. Each chunk of kT rows is copied,
+// row segment by row segment (sequential reads the prefetchers stream), into [kT][nblk·kW]
+// buffers; each block then walks its columns with its state (a, b, p) in registers.
+struct Wkv4Group {
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *k, *v, *y;  // [kT][width]
+  explicit Wkv4Group(int64_t width) : mem(hwy::AllocateAligned<float>(3 * kT * width)) {
+    k = mem.get();
+    v = k + kT * width;
+    y = v + kT * width;
+  }
+};
+
+void Wkv4ForwardGroup(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
+                      const TensorView& v, const TensorView& y, int64_t b, int64_t blk0, int64_t nblk, Wkv4Group& ch,
+                      float* HWY_RESTRICT state) {
   const DF df;
-  const int64_t nc = std::min(kW, s.channels - c0);
-  const Wkv4Consts c = LoadWkv4Consts(w, u, c0, nc);
-  Wkv4Vec st[kW];
-  Wkv4EmptyState(df, st);
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
+  const int64_t gw = nblk * kW, g0 = blk0 * kW, gn = std::min(gw, s.channels - g0);
+  float* sa = state;            // [gw]
+  float* sb = state + gw;       // [gw]
+  float* sp = state + 2 * gw;   // [gw]
+  float* cw = state + 3 * gw;   // [gw] w, zero padded
+  float* cu = state + 4 * gw;   // [gw] u
+  for (int64_t j = 0; j < gw; ++j) {
+    sa[j] = sb[j] = 0.0f;
+    sp[j] = kWkv4EmptyExponent;
+    cw[j] = j < gn ? fptr(w)[(g0 + j) * w.strides[0]] : 0.0f;
+    cu[j] = j < gn ? fptr(u)[(g0 + j) * u.strides[0]] : 0.0f;
+  }
   for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
     const int64_t nt = std::min(kT, s.seq - t0);
-    stage_rows(k, b, t0, nt, c0, nc, kW, ch.k);
-    stage_rows(v, b, t0, nt, c0, nc, kW, ch.v);
-    Wkv4Chunk_<false>(df, c, nt, ch, st, nullptr, nullptr);
-    unstage_rows(ch.y, kW, y, b, t0, nt, c0, nc);
+    stage_rows(k, b, t0, nt, g0, gn, gw, ch.k);
+    stage_rows(v, b, t0, nt, g0, gn, gw, ch.v);
+    for (int64_t o = 0; o < gw; o += L) {
+      const V wv = hn::Load(df, cw + o), uv = hn::Load(df, cu + o);
+      V a = hn::Load(df, sa + o), bb = hn::Load(df, sb + o), p = hn::Load(df, sp + o);
+      for (int64_t t = 0; t < nt; ++t) {
+        const V kt = hn::Load(df, ch.k + t * gw + o), vt = hn::Load(df, ch.v + t * gw + o);
+        V q, e1, e2;
+        Merge(df, p, hn::Add(uv, kt), q, e1, e2);
+        hn::Store(hn::Mul(hn::MulAdd(e1, a, hn::Mul(e2, vt)), Reciprocal(df, hn::MulAdd(e1, bb, e2))), df,
+                  ch.y + t * gw + o);
+        V p2, f1, f2;
+        Merge(df, hn::Sub(p, wv), kt, p2, f1, f2);
+        a = hn::MulAdd(f1, a, hn::Mul(f2, vt));
+        bb = hn::MulAdd(f1, bb, f2);
+        p = p2;
+      }
+      hn::Store(a, df, sa + o);
+      hn::Store(bb, df, sb + o);
+      hn::Store(p, df, sp + o);
+    }
+    unstage_rows(ch.y, gw, y, b, t0, nt, g0, gn);
   }
 }
 
@@ -197,8 +247,8 @@ void Wkv4BackwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView&
           const V kt = hn::Load(df, ch.k + at), vt = hn::Load(df, ch.v + at), yt = hn::Load(df, ch.y + at);
           const V q = hn::Load(df, ch.q + at), g = hn::Mul(hn::Load(df, ch.dy + at), hn::Load(df, ch.inv + at));
           // bonus term: e^{u+k−q} dy / n
-          const V eb = hn::Mul(hn::Exp(df, hn::Sub(hn::Add(uv, kt), q)), g);
-          const V ek = hn::Exp(df, hn::Add(kt, R[i]));
+          const V eb = hn::Mul(FastExp(df, hn::Sub(hn::Add(uv, kt), q)), g);
+          const V ek = FastExp(df, hn::Add(kt, R[i]));
           hn::Store(hn::MulAdd(ek, G[i], eb), df, ch.gv + at);
           hn::Store(hn::MulAdd(eb, hn::Sub(vt, yt), hn::Mul(ek, hn::MulSub(vt, G[i], H[i]))),
                     df, ch.gk + at);
@@ -267,9 +317,9 @@ HWY_INLINE void Decay(const TensorView& w, int64_t b, int64_t t, int64_t h, int6
   Row(w, b, t, h, K, sc.kp, sc.d);
   const V lo = hn::Set(df, -150.0f);
   for (int64_t i = 0; i < sc.kp; i += L) {
-    const V wv = hn::Load(df, sc.d + i), ew = hn::Exp(df, hn::Min(wv, hn::Set(df, 80.0f)));
-    hn::Store(hn::Exp(df, hn::Max(hn::Neg(ew), lo)), df, sc.d + i);
-    if (slope) hn::Store(hn::Exp(df, hn::Max(hn::Sub(wv, ew), lo)), df, sc.dd + i);
+    const V wv = hn::Load(df, sc.d + i), ew = FastExp(df, hn::Min(wv, hn::Set(df, 80.0f)));
+    hn::Store(FastExp(df, hn::Max(hn::Neg(ew), lo)), df, sc.d + i);
+    if (slope) hn::Store(FastExp(df, hn::Max(hn::Sub(wv, ew), lo)), df, sc.dd + i);
   }
 }
 
@@ -398,9 +448,19 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
                  const TensorView& v, const TensorView& y) {
   const int64_t blocks = (s.channels + kW - 1) / kW;
   ThreadPool& tp = pool();
-  std::vector<Wkv4Chunk> chunks(tp.size());
-  tp.parallel_for(s.batch * blocks, [&](int64_t item, int thread) {
-    Wkv4ForwardBlock(s, w, u, k, v, y, item / blocks, (item % blocks) * kW, chunks[thread]);
+  // Groups of at most kGroupBlocks blocks, at least one per thread over the whole batch.
+  const int64_t want = std::min(blocks, std::max<int64_t>(1, tp.size() / std::max<int64_t>(1, s.batch)));
+  const int64_t per = std::min(kGroupBlocks, (blocks + want - 1) / want), groups = (blocks + per - 1) / per;
+  std::vector<Wkv4Group> chunks;
+  std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
+  for (int t = 0; t < tp.size(); ++t) {
+    chunks.emplace_back(per * kW);
+    states.push_back(hwy::AllocateAligned<float>(5 * per * kW));
+  }
+  tp.parallel_for(s.batch * groups, [&](int64_t item, int thread) {
+    const int64_t blk0 = (item % groups) * per;
+    Wkv4ForwardGroup(s, w, u, k, v, y, item / groups, blk0, std::min(per, blocks - blk0), chunks[thread],
+                     states[thread].get());
   });
 }
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "cpu/scan_exp-inl.h"
 #include "cpu/scan_kernels.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
@@ -36,6 +37,7 @@ namespace {
 
 constexpr int64_t kW = 16;  // channels per block
 constexpr int64_t kT = 64;  // time steps per chunk
+constexpr int64_t kGroupBlocks = 16;  // blocks per forward group: [kT][256] staging buffers
 
 const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
 float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
@@ -48,11 +50,13 @@ void Unstage(const float* HWY_RESTRICT src, const TensorView& dst, int64_t b, in
   unstage_rows(src, kW, dst, b, t0, nt, c0, nc);
 }
 
-// Per-block constants: At[n][0..kW) = A[c0 + j, n], Dv[j] = D[c0 + j] (zero padded).
+// Per-block constants: At[n][0..kW) = A[c0 + j, n]·log2 e (so that exp(ΔA) = 2^{Δ·At}),
+// Dv[j] = D[c0 + j] (zero padded).
 void LoadBlockConstants(const ScanDims& s, const ScanInputs& in, int64_t c0, int64_t nc, float* HWY_RESTRICT at,
                         float* HWY_RESTRICT dv) {
   for (int64_t n = 0; n < s.state; ++n)
-    for (int64_t j = 0; j < kW; ++j) at[n * kW + j] = j < nc ? fptr(in.A)[(c0 + j) * in.A.strides[0] + n * in.A.strides[1]] : 0.0f;
+    for (int64_t j = 0; j < kW; ++j)
+      at[n * kW + j] = j < nc ? kLog2e * fptr(in.A)[(c0 + j) * in.A.strides[0] + n * in.A.strides[1]] : 0.0f;
   for (int64_t j = 0; j < kW; ++j) dv[j] = s.has_d && j < nc ? fptr(in.D)[(c0 + j) * in.D.strides[0]] : 0.0f;
 }
 
@@ -65,35 +69,40 @@ struct Chunk {  // staged [kT][kW] rows of one chunk
   }
 };
 
-// Advances h over steps [0, nt) of a staged chunk; writes y (before the gate) when y != nullptr
-// and keeps every h_t in hs[t] ([nt][N][kW]) when hs != nullptr.
+// Rows of kW floats: row t at p + t·ld (a staged buffer, ld = kW, or the tensor itself).
+struct Rows {
+  const float* p;
+  int64_t ld;
+};
+
+// Advances h over steps [0, nt) of a chunk; writes y (before the gate, rows of kW) when
+// y != nullptr and keeps every h_t in hs[t] ([nt][N][kW]) when hs != nullptr.
 HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, int64_t t0, int64_t nt,
-                          const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec, const Chunk& ch,
-                          float* HWY_RESTRICT h, float* HWY_RESTRICT y, float* HWY_RESTRICT hs) {
+                          const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec, Rows x, Rows delta,
+                          float* HWY_RESTRICT h, float* HWY_RESTRICT y, float* HWY_RESTRICT hs, int64_t ldy = kW) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
-  constexpr int64_t kMaxVecs = kW;  // Lanes >= 1
-  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t nv = kW / L;
-  const int64_t N = s.state;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
+  constexpr int64_t nv = kW / L;  // compile-time, so the per-vector values stay in registers
+  const int64_t N = s.state, bs = in.B.strides[2], cs = in.C.strides[2];
   const float* bp = fptr(in.B) + b * in.B.strides[0] + t0 * in.B.strides[1];
   const float* cp = fptr(in.C) + b * in.C.strides[0] + t0 * in.C.strides[1];
   for (int64_t t = 0; t < nt; ++t) {
-    V dt[kMaxVecs], dtx[kMaxVecs], acc[kMaxVecs];
+    V dt[nv], dtx[nv], acc[nv];
     for (int64_t v = 0; v < nv; ++v) {
-      const V xv = hn::Load(df, ch.x + t * kW + v * L);
-      dt[v] = hn::Load(df, ch.dt + t * kW + v * L);
+      const V xv = hn::LoadU(df, x.p + t * x.ld + v * L);
+      dt[v] = hn::LoadU(df, delta.p + t * delta.ld + v * L);
       dtx[v] = hn::Mul(dt[v], xv);
       acc[v] = hn::Mul(hn::Load(df, dvec + v * L), xv);
     }
     const float* bt = bp + t * in.B.strides[1];
     const float* ct = cp + t * in.C.strides[1];
     for (int64_t n = 0; n < N; ++n) {
-      const V bn = hn::Set(df, bt[n * in.B.strides[2]]);
-      const V cn = hn::Set(df, ct[n * in.C.strides[2]]);
+      const V bn = hn::Set(df, bt[n * bs]);
+      const V cn = hn::Set(df, ct[n * cs]);
       float* hn_ = h + n * kW;
       for (int64_t v = 0; v < nv; ++v) {
-        const V a = hn::Exp(df, hn::Mul(dt[v], hn::Load(df, at + n * kW + v * L)));
+        const V a = FastExp2(df, hn::Mul(dt[v], hn::Load(df, at + n * kW + v * L)));
         const V hv = hn::MulAdd(a, hn::Load(df, hn_ + v * L), hn::Mul(dtx[v], bn));
         hn::Store(hv, df, hn_ + v * L);
         acc[v] = hn::MulAdd(cn, hv, acc[v]);
@@ -101,7 +110,7 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
     }
     if (hs) std::memcpy(hs + t * N * kW, h, N * kW * sizeof(float));
     if (y) {
-      for (int64_t v = 0; v < nv; ++v) hn::Store(acc[v], df, y + t * kW + v * L);
+      for (int64_t v = 0; v < nv; ++v) hn::Store(acc[v], df, y + t * ldy + v * L);
     }
   }
 }
@@ -109,29 +118,50 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
 // silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z))).
 HWY_INLINE hn::Vec<hn::ScalableTag<float>> Sigmoid(hn::Vec<hn::ScalableTag<float>> z) {
   const hn::ScalableTag<float> df;
-  return hn::Div(hn::Set(df, 1.0f), hn::Add(hn::Set(df, 1.0f), hn::Exp(df, hn::Neg(z))));
+  return hn::Div(hn::Set(df, 1.0f), hn::Add(hn::Set(df, 1.0f), FastExp(df, hn::Neg(z))));
 }
 
-void ForwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t c0, Chunk& ch,
-                  float* HWY_RESTRICT at, float* HWY_RESTRICT dvec, float* HWY_RESTRICT h) {
+// Channel blocks [blk0, blk0 + nblk) of batch b. Each chunk of kT rows is first copied, row
+// segment by row segment (sequential reads the prefetchers stream), into [kT][nblk·kW]
+// buffers; the blocks then walk their columns there, their states (nblk·N·kW floats) in cache.
+struct GroupChunk {
+  hwy::AlignedFreeUniquePtr<float[]> mem;
+  float *x, *dt, *z, *y;  // [kT][width]
+  explicit GroupChunk(int64_t width) : mem(hwy::AllocateAligned<float>(4 * kT * width)) {
+    x = mem.get();
+    dt = x + kT * width;
+    z = dt + kT * width;
+    y = z + kT * width;
+  }
+};
+
+void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t blk0,
+                  int64_t nblk, GroupChunk& ch, float* HWY_RESTRICT consts, float* HWY_RESTRICT hstate) {
   const hn::ScalableTag<float> df;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t nc = std::min(kW, s.channels - c0);
-  LoadBlockConstants(s, in, c0, nc, at, dvec);
-  std::fill(h, h + s.state * kW, 0.0f);
+  const int64_t NW = s.state * kW, CW = NW + kW;  // per block: At [N][kW] and D [kW]
+  const int64_t gw = nblk * kW, g0 = blk0 * kW, gn = std::min(gw, s.channels - g0);
+  for (int64_t i = 0; i < nblk; ++i) {
+    const int64_t c0 = (blk0 + i) * kW;
+    LoadBlockConstants(s, in, c0, std::min(kW, s.channels - c0), consts + i * CW, consts + i * CW + NW);
+  }
+  std::fill(hstate, hstate + nblk * NW, 0.0f);
   for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
     const int64_t nt = std::min(kT, s.seq - t0);
-    Stage(in.x, b, t0, nt, c0, nc, ch.x);
-    Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
-    ScanChunk(s, in, b, t0, nt, at, dvec, ch, h, ch.y, nullptr);
+    stage_rows(in.x, b, t0, nt, g0, gn, gw, ch.x);
+    stage_rows(in.delta, b, t0, nt, g0, gn, gw, ch.dt);
+    for (int64_t i = 0; i < nblk; ++i) {
+      ScanChunk(s, in, b, t0, nt, consts + i * CW, consts + i * CW + NW, {ch.x + i * kW, gw}, {ch.dt + i * kW, gw},
+                hstate + i * NW, ch.y + i * kW, nullptr, gw);
+    }
     if (s.has_z) {
-      Stage(in.z, b, t0, nt, c0, nc, ch.z);
-      for (int64_t i = 0; i < nt * kW; i += L) {
+      stage_rows(in.z, b, t0, nt, g0, gn, gw, ch.z);
+      for (int64_t i = 0; i < nt * gw; i += L) {
         const auto zv = hn::Load(df, ch.z + i);
         hn::Store(hn::Mul(hn::Load(df, ch.y + i), hn::Mul(zv, Sigmoid(zv))), df, ch.y + i);
       }
     }
-    Unstage(ch.y, out, b, t0, nt, c0, nc);
+    unstage_rows(ch.y, gw, out, b, t0, nt, g0, gn);
   }
 }
 
@@ -160,8 +190,9 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
                    Chunk& ch, BwdBuffers& bb) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
-  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t N = s.state, NW = N * kW, nv = kW / L;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
+  constexpr int64_t nv = kW / L;
+  const int64_t N = s.state, NW = N * kW;
   const int64_t nc = std::min(kW, s.channels - c0);
   const int64_t chunks = (s.seq + kT - 1) / kT;
   LoadBlockConstants(s, in, c0, nc, bb.at, bb.dvec);
@@ -174,7 +205,7 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
       std::memcpy(&bb.ckpt[ci * NW], bb.h, NW * sizeof(float));
       Stage(in.x, b, t0, nt, c0, nc, ch.x);
       Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
-      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, ch, bb.h, nullptr, nullptr);
+      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, {ch.x, kW}, {ch.dt, kW}, bb.h, nullptr, nullptr);
     }
     std::fill(bb.carry, bb.carry + NW, 0.0f);
     float* dBb = bb.dB.data() + b * s.seq * N;
@@ -186,7 +217,7 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
       Stage(dout, b, t0, nt, c0, nc, ch.dy);
       std::memcpy(bb.hs, &bb.ckpt[ci * NW], NW * sizeof(float));
       std::memcpy(bb.h, bb.hs, NW * sizeof(float));
-      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, ch, bb.h, ch.y, bb.hs + NW);
+      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, {ch.x, kW}, {ch.dt, kW}, bb.h, ch.y, bb.hs + NW);
       if (s.has_z) {  // dz = dout·y·silu'(z), dy = dout·silu(z)
         Stage(in.z, b, t0, nt, c0, nc, ch.z);
         for (int64_t i = 0; i < nt * kW; i += L) {
@@ -204,7 +235,7 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
         const float* ct = cp + tt * in.C.strides[1];
         const float* h_now = bb.hs + (t + 1) * NW;
         const float* h_prev = bb.hs + t * NW;
-        V dt[kW], xv[kW], dy[kW], gx[kW], gdt[kW];
+        V dt[nv], xv[nv], dy[nv], gx[nv], gdt[nv];
         for (int64_t v = 0; v < nv; ++v) {
           dt[v] = hn::Load(df, ch.dt + t * kW + v * L);
           xv[v] = hn::Load(df, ch.x + t * kW + v * L);
@@ -219,8 +250,9 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
           V db = hn::Zero(df), dc = hn::Zero(df);
           for (int64_t v = 0; v < nv; ++v) {
             const int64_t o = n * kW + v * L;
-            const V an = hn::Load(df, bb.at + o);
-            const V a = hn::Exp(df, hn::Mul(dt[v], an));
+            const V an2 = hn::Load(df, bb.at + o);
+            const V a = FastExp2(df, hn::Mul(dt[v], an2));
+            const V an = hn::Mul(an2, hn::Set(df, 0.69314718055994531f));  // A
             const V gv = hn::MulAdd(cn, dy[v], hn::Load(df, bb.carry + o));
             dc = hn::MulAdd(dy[v], hn::Load(df, h_now + o), dc);
             const V ga = hn::Mul(hn::Mul(gv, hn::Load(df, h_prev + o)), a);  // ∂/∂(ΔA)
@@ -255,13 +287,21 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
 void ScanForward(const ScanDims& s, const ScanInputs& in, const TensorView& out) {
   const int64_t blocks = (s.channels + kW - 1) / kW;
   ThreadPool& tp = pool();
-  std::vector<Chunk> chunks(tp.size());
-  std::vector<hwy::AlignedFreeUniquePtr<float[]>> consts;
-  for (int t = 0; t < tp.size(); ++t) consts.push_back(hwy::AllocateAligned<float>(2 * s.state * kW + kW));
-  tp.parallel_for(s.batch * blocks, [&](int64_t item, int thread) {
-    float* at = consts[thread].get();
-    ForwardBlock(s, in, out, item / blocks, (item % blocks) * kW, chunks[thread], at, at + s.state * kW,
-                 at + s.state * kW + kW);
+  // Groups of at most kGroupBlocks blocks, at least one per thread over the whole batch.
+  const int64_t want = std::max<int64_t>(1, tp.size() / std::max<int64_t>(1, s.batch));
+  const int64_t per = std::min(kGroupBlocks, (blocks + std::min(want, blocks) - 1) / std::min(want, blocks));
+  const int64_t groups = (blocks + per - 1) / per;
+  std::vector<GroupChunk> chunks;
+  std::vector<hwy::AlignedFreeUniquePtr<float[]>> consts, states;
+  for (int t = 0; t < tp.size(); ++t) {
+    chunks.emplace_back(per * kW);
+    consts.push_back(hwy::AllocateAligned<float>(per * (s.state * kW + kW)));
+    states.push_back(hwy::AllocateAligned<float>(per * s.state * kW));
+  }
+  tp.parallel_for(s.batch * groups, [&](int64_t item, int thread) {
+    const int64_t g = item % groups, blk0 = g * per;
+    ForwardGroup(s, in, out, item / groups, blk0, std::min(per, blocks - blk0), chunks[thread], consts[thread].get(),
+                 states[thread].get());
   });
 }
 
