@@ -423,13 +423,13 @@ void steps() {
 void study() {
   const int64_t N = 1024, H = 4, D = 64;
   const int64_t ms[] = {16, 32, 64, 128, 256, 512, 1024};
-  const float scales[] = {0.5f, 1.0f, 2.0f, 3.0f, 4.0f};
+  const float scales[] = {0.25f, 0.5f, 1.0f, 2.0f, 3.0f, 4.0f};
   constexpr int kDraws = 3;
   std::printf("## FAVOR+ approximation error (relative L2 error of the output against exact softmax attention; "
               "non-causal, N = %lld, H = %lld, D = %lld, q, k ~ N(0, s²), v ~ N(0, 1); mean of %d feature draws)\n\n",
               static_cast<long long>(N), static_cast<long long>(H), static_cast<long long>(D), kDraws);
   std::printf("| m \\ input scale s |");
-  for (float s : scales) std::printf(" ×%.1f |", s);
+  for (float s : scales) std::printf(" ×%.2g (‖x'‖² ≈ %.1f) |", s, s * s * std::sqrt(double(D)));
   std::printf("\n|---|");
   for (size_t i = 0; i < std::size(scales); ++i) std::printf("---|");
   std::printf("\n");
