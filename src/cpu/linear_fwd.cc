@@ -1,6 +1,7 @@
 // Linear attention forward on the CPU (see include/attnkit/linear.h), Highway SIMD with
-// runtime dispatch, threads over (batch, KV head): the query heads of a group share the keys'
-// features and the carried state.
+// runtime dispatch, threads over (batch, group of KV heads): the query heads of a KV head share
+// its keys' features and carried state, and a chunk's rows are staged for the whole group of
+// heads as contiguous row segments.
 //
 // Non-causal: S = Σ_j φ(k_j) v_jᵀ, z = Σ_j φ(k_j) over all keys, then per query chunk
 //   out = (Φq S) / (Φq z + eps).

@@ -6,7 +6,8 @@
 // state h : [N][kW] in L1 and walks time in chunks of kT steps. Each chunk is staged into
 // contiguous buffers (any strides, a partial last block padded), so the inner loop is
 //   a = exp(Δ·A[n]),  h[n] = a·h[n] + (Δ·x)·B[n],  y += C[n]·h[n]
-// on full vectors. Threads take (batch, channel block) pairs.
+// on full vectors. Threads take (batch, group of up to 16 blocks); a group stages each chunk's
+// rows as whole contiguous segments, which the hardware prefetchers stream.
 //
 // Backward per channel block (all batches, so dA and dD need no cross-thread sums): a forward
 // pass keeps h at every chunk start (O(L/kT · N · kW) floats); then chunks are revisited last to

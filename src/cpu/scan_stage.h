@@ -41,15 +41,4 @@ inline void unstage_rows(const float* src, int64_t width, const TensorView& dst,
   }
 }
 
-// Asks for rows [t0, t0 + nt) of src[b, ·, c0 .. c0 + nc) ahead of use. A row segment of one
-// block is short and rows lie a full row apart, so the hardware prefetchers would miss them.
-inline void prefetch_rows(const TensorView& src, int64_t b, int64_t t0, int64_t nt, int64_t c0, int64_t nc) {
-  const char* p = static_cast<const char*>(src.data) + (b * src.strides[0] + c0 * src.strides[2]) * 4;
-  const int64_t span = (nc - 1) * src.strides[2] * 4;
-  for (int64_t t = 0; t < nt; ++t) {
-    const char* row = p + (t0 + t) * src.strides[1] * 4;
-    for (int64_t o = 0; o <= span; o += 64) __builtin_prefetch(row + o);
-  }
-}
-
 }  // namespace attnkit::cpu
