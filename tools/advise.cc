@@ -114,10 +114,17 @@ nlohmann::json run_advise(const AdviseOptions& o) {
     std::tie(r.pref, r.why) = task_fit(v.variant, o.task);
     rows.push_back(r);
   }
-  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+  // Fitting variants by preference for the task, then time and memory; the rest by how far
+  // they overshoot the tighter of the two budgets.
+  auto overshoot = [&](const Row& r) {
+    return std::max((std::isnan(r.measured_ms) ? r.ms : r.measured_ms) / o.latency_ms, r.peak / budget);
+  };
+  std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
     if (a.fits != b.fits) return a.fits;
+    if (!a.fits) return overshoot(a) < overshoot(b);
     if (a.pref != b.pref) return a.pref < b.pref;
-    return a.ms < b.ms;
+    if (a.ms != b.ms) return a.ms < b.ms;
+    return a.peak < b.peak;
   });
   nlohmann::json j;
   j["task"] = o.task;

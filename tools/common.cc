@@ -49,16 +49,27 @@ const VariantEntry& find_variant(const std::string& name) {
   throw Error(fmt::format("--variants: expected one of {}, given '{}'", variant_names(false), name));
 }
 
+CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (end == s.c_str() || *end != '\0' || !(v > 0)) return fmt::format("expected a positive number, given '{}'", s);
+        return {};
+      },
+      "POSITIVE");
+}
+
 void ModelOptions::add_to(CLI::App* cmd) {
   cmd->add_option("--preset", preset, "model preset: bert-base, gpt2, gpt3-175b, llama-3-8b, mistral-7b, vit-b/16, "
                                       "whisper-large");
-  cmd->add_option("--layers", layers, "layers (overrides the preset)")->check(CLI::PositiveNumber);
-  cmd->add_option("--d-model", d_model, "model width")->check(CLI::PositiveNumber);
-  cmd->add_option("--heads", heads, "query heads")->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-heads", kv_heads, "key/value heads (GQA)")->check(CLI::PositiveNumber);
-  cmd->add_option("--head-dim", head_dim, "head dimension")->check(CLI::PositiveNumber);
-  cmd->add_option("--d-ff", d_ff, "MLP hidden width")->check(CLI::PositiveNumber);
-  cmd->add_option("--window", window, "sliding window (0: none)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layers", layers, "layers (overrides the preset)")->check(positive());
+  cmd->add_option("--d-model", d_model, "model width")->check(positive());
+  cmd->add_option("--heads", heads, "query heads")->check(positive());
+  cmd->add_option("--kv-heads", kv_heads, "key/value heads (GQA)")->check(positive());
+  cmd->add_option("--head-dim", head_dim, "head dimension")->check(positive());
+  cmd->add_option("--d-ff", d_ff, "MLP hidden width")->check(positive());
+  cmd->add_option("--window", window, "sliding window (0: none)")->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   cmd->add_option("--mlp", mlp, "gelu or swiglu")->check(CLI::IsMember({"gelu", "swiglu"}));
   cmd->add_option("--causal", causal, "yes or no")->check(CLI::IsMember({"yes", "no"}));
 }

@@ -38,6 +38,9 @@ struct ModelOptions {
   cost::ModelShape resolve() const;
 };
 
+// A CLI11 check with a short message: "expected a positive number, given '0'".
+CLI::Validator positive();
+
 int64_t dtype_bytes(const std::string& dtype);  // f32, bf16, f16
 
 // Memory this machine can still hand out (MemAvailable), and the refusal before allocating.

@@ -95,10 +95,10 @@ void register_cost(CLI::App& app) {
   cmd->add_option("--variants", o->variants, variant_names(false))->delimiter(',');
   cmd->add_option("--mode", o->mode, "inference or training");
   cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16");
-  cmd->add_option("--batch", o->batch, "batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", o->batch, "batch size")->check(positive());
   cmd->add_option("--memory-gb", o->memory_gb, "memory for the score-matrix limit (default: this machine's free)");
-  cmd->add_option("--peak-gflops", o->peak_gflops, "roofline peak FLOP/s in GFLOP/s")->check(CLI::PositiveNumber);
-  cmd->add_option("--bandwidth-gbs", o->bandwidth_gbs, "roofline bandwidth in GB/s")->check(CLI::PositiveNumber);
+  cmd->add_option("--peak-gflops", o->peak_gflops, "roofline peak FLOP/s in GFLOP/s")->check(positive());
+  cmd->add_option("--bandwidth-gbs", o->bandwidth_gbs, "roofline bandwidth in GB/s")->check(positive());
   cmd->add_option("--json", o->json, "write the table as JSON");
   cmd->callback([o] { run_cost(*o); });
 }

@@ -20,8 +20,14 @@ int main(int argc, char** argv) {
   attnkit::tools::register_report(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, as every other error (CLI11's own exit() adds a second).
+    std::fprintf(stderr, "attnkit: %s\n", e.what());
+    return e.get_exit_code();
   } catch (const attnkit::Error& e) {
     attnkit::tools::Progress::interrupt();
     std::fprintf(stderr, "%s\n", e.what());

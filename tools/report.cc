@@ -56,7 +56,7 @@ void run_report(const std::string& out, bool quick) {
 
   fmt::print("\n");
   BenchOptions bo;
-  bo.ns = quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 512, 1024, 2048, 4096, 8192};
+  bo.ns = quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 512, 1024, 2048, 4096};
   bo.min_seconds = quick ? 0.01 : 0.2;
   bo.json = (dir / "bench.json").string();
   bo.csv = (dir / "bench.csv").string();
@@ -74,11 +74,11 @@ void run_report(const std::string& out, bool quick) {
   const nlohmann::json prof = run_profile(po);
 
   fmt::print("\n");
-  AdviseOptions a1{.seq = quick ? 256 : 2048, .latency_ms = 500, .memory_gb = 4, .task = "chat", .preset = "",
+  AdviseOptions a1{.seq = quick ? 256 : 2048, .latency_ms = 10000, .memory_gb = 4, .task = "chat", .preset = "",
                    .measure = !quick, .json = (dir / "advise_chat.json").string()};
   const nlohmann::json adv1 = run_advise(a1);
   fmt::print("\n");
-  AdviseOptions a2{.seq = 65536, .latency_ms = 20000, .memory_gb = 2, .task = "document", .preset = "",
+  AdviseOptions a2{.seq = 16384, .latency_ms = 60000, .memory_gb = 2, .task = "document", .preset = "",
                    .measure = false, .json = (dir / "advise_document.json").string()};
   const nlohmann::json adv2 = run_advise(a2);
 
