@@ -74,11 +74,11 @@ void run_report(const std::string& out, bool quick) {
   const nlohmann::json prof = run_profile(po);
 
   fmt::print("\n");
-  AdviseOptions a1{.seq = quick ? 256 : 2048, .latency_ms = 10000, .memory_gb = 4, .task = "chat", .preset = "",
+  AdviseOptions a1{.seq = quick ? 256 : 2048, .latency_ms = 60000, .memory_gb = 4, .task = "chat", .preset = "",
                    .measure = !quick, .json = (dir / "advise_chat.json").string()};
   const nlohmann::json adv1 = run_advise(a1);
   fmt::print("\n");
-  AdviseOptions a2{.seq = 16384, .latency_ms = 60000, .memory_gb = 2, .task = "document", .preset = "",
+  AdviseOptions a2{.seq = 16384, .latency_ms = 600000, .memory_gb = 2, .task = "document", .preset = "",
                    .measure = false, .json = (dir / "advise_document.json").string()};
   const nlohmann::json adv2 = run_advise(a2);
 
