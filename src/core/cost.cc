@@ -130,12 +130,13 @@ Cost kernel_call_cost(Variant v, const AttentionShape& s, bool backward, int thr
   const double nq = d(s.seq_q), nk = d(s.seq_k), D = d(s.head_dim), T = threads;
   Cost c;
   c.io_bytes = fwd_io(s, 4) + (backward ? bwd_extra_io(s, 4) : 0);
-  const double Dp = d(pad32(s.head_dim)), bq = 64, bk = 64;
+  // Tile sizes of src/cpu/flash_fwd.cc (128 × 64) and flash_bwd.cc (64 × 64).
+  const double Dp = d(pad32(s.head_dim)), bq = backward ? 64 : 128, bk = 64;
   if (v == Variant::naive) {
     // src/cpu/naive.cc, per sequence: one head's S (and dP) plus gathered rows.
     c.workspace_bytes = backward ? 4 * (2 * nq * nk + 4 * nq * D + 4 * nk * D) : 4 * (nq * nk + 2 * nq * D + 2 * nk * D + nq);
   } else if (!backward) {
-    c.workspace_bytes = 4 * T * (Dp * bq * 2 + bk * bq + bk * Dp + 3 * bq);  // FwdScratch per thread
+    c.workspace_bytes = 4 * T * (Dp * bq * 2 + bk * bq + 2 * bk * Dp + 3 * bq);  // FwdScratch per thread
   } else {
     const double nqp = std::ceil(nq / bq) * bq, hq = d(s.heads_q), hk = d(s.heads_kv);
     c.workspace_bytes = 4 * (4 * hq * nqp * Dp + 2 * hk * nk * Dp + 2 * hq * nqp  // Packed
