@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the dependencies, builds attnkit (optimized) and runs the main job: a sweep of the
-# exact attention kernels over sequence length on this machine.
+# Installs the dependencies, builds attnkit (optimized) and runs the main job, `attnkit report`:
+# the cost model, a benchmark sweep, a transformer-layer profile and the advisor, written as an
+# HTML page with plots to build/release/report/index.html (a few minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cmake --preset release
 cmake --build --preset release -j "$(nproc)"
-./build/release/attnkit bench --variants naive,flash --n 256,512,1024,2048,4096 --json build/release/bench.json
+./build/release/attnkit report --out build/release/report
+echo "open build/release/report/index.html"

@@ -8,6 +8,7 @@ packages=(
   libhwy-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev
+  python3-matplotlib
 )
 
 missing=()
