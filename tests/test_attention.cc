@@ -157,7 +157,7 @@ TEST(AttentionEdge, FullyMaskedRowsAreZero) {
 }
 
 // Logits of magnitude 1e4: finite, and flash's error no worse than twice naive's (same f32
-// arithmetic) plus the reference's own rounding.
+// arithmetic) plus one rounding of the largest logit.
 TEST(AttentionEdge, HugeLogitsStayFiniteAndAccurate) {
   std::mt19937_64 rng(test_seed());
   const Case c{.name = "huge", .Nq = 70, .Nk = 90, .D = 64, .causal = true, .input_scale = 12.5f};
@@ -184,7 +184,10 @@ TEST(AttentionEdge, HugeLogitsStayFiniteAndAccurate) {
     EXPECT_LT(el.rel, 1e-5);
     err[n++] = e.rel;
   }
-  EXPECT_LE(err[1], 2 * err[0] + 1e-6) << "flash " << err[1] << " vs naive " << err[0];
+  // Flash folds scale · log2(e) into Q: one more f32 rounding of every logit, worth
+  // eps · max|logit| on top of the naive computation's error.
+  const double fold = std::numeric_limits<float>::epsilon() * max_lse;
+  EXPECT_LE(err[1], 2 * err[0] + fold) << "flash " << err[1] << " vs naive " << err[0] << ", fold " << fold;
 }
 
 // Rows outside every sequence of a packed batch are left as they were.
