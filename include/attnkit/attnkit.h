@@ -4,4 +4,5 @@
 #include "attnkit/attention.h"
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
+#include "attnkit/kv_cache.h"
 #include "attnkit/tensor.h"
