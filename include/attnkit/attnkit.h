@@ -5,4 +5,5 @@
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
 #include "attnkit/kv_cache.h"
+#include "attnkit/model.h"
 #include "attnkit/tensor.h"

@@ -26,6 +26,7 @@
 #include "core/thread_pool.h"
 #include "cpu/decode.h"
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
@@ -230,6 +231,18 @@ void RunItem(const DecodeArgs& a, const DecodeItem& it, Scratch& sc, float* part
     if (in_place) {
       kp = static_cast<const float*>(cache.block(page, a.layer, 0, it.head_kv)) + slot * D;
       vp = static_cast<const float*>(cache.block(page, a.layer, 1, it.head_kv)) + slot * D;
+      // The next block may lie on another page, where the hardware prefetcher does not follow:
+      // request it now so that its loads overlap this block's arithmetic.
+      const int64_t j1 = j0 + nb;
+      if (j1 < span_hi) {
+        const int64_t nn = std::min({kB, span_hi - j1, (j1 / ps + 1) * ps - j1});
+        const int32_t next = table[j1 / ps - first_page];
+        for (int kv = 0; kv < 2; ++kv) {
+          const auto* base = static_cast<const char*>(cache.block(next, a.layer, kv, it.head_kv)) +
+                             (j1 % ps) * D * sizeof(float);
+          for (int64_t b = 0; b < nn * D * static_cast<int64_t>(sizeof(float)); b += 64) hwy::Prefetch(base + b);
+        }
+      }
     } else {
       ConvertRows(cache, page, a.layer, 0, it.head_kv, slot, nb, D, Dp, sc.kb);
       ConvertRows(cache, page, a.layer, 1, it.head_kv, slot, nb, D, Dp, sc.vb);
