@@ -6,5 +6,7 @@
 namespace attnkit::tools {
 
 void register_bench(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_serve_bench(CLI::App& app);
 
 }  // namespace attnkit::tools

@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   CLI::App app{"attnkit: attention at scale, measured on this machine"};
   app.require_subcommand(1);
   attnkit::tools::register_bench(app);
+  attnkit::tools::register_generate(app);
+  attnkit::tools::register_serve_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
