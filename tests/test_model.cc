@@ -200,8 +200,8 @@ TEST(Decoder, SafetensorsRoundTripAndErrors) {
     expect_error(bad, cfg, "safetensors");
   }
   // An entry whose offsets do not hold its shape.
-  const float one = 1.0f;
-  model::write_safetensors(bad, {{"x", {2}, &one}});
+  const float two[2] = {1.0f, 2.0f};
+  model::write_safetensors(bad, {{"x", {2}, two}});
   std::string text;
   {
     std::FILE* f = std::fopen(bad.c_str(), "rb");
