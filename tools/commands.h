@@ -59,5 +59,7 @@ void register_bench(CLI::App& app);
 void register_profile(CLI::App& app);
 void register_advise(CLI::App& app);
 void register_report(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_serve_bench(CLI::App& app);
 
 }  // namespace attnkit::tools

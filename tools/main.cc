@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   attnkit::tools::register_profile(app);
   attnkit::tools::register_advise(app);
   attnkit::tools::register_report(app);
+  attnkit::tools::register_generate(app);
+  attnkit::tools::register_serve_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -4,6 +4,8 @@
 #include "attnkit/attention.h"
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
+#include "attnkit/kv_cache.h"
 #include "attnkit/linear.h"
+#include "attnkit/model.h"
 #include "attnkit/recurrent.h"
 #include "attnkit/tensor.h"

@@ -1,0 +1,192 @@
+// Paged KV cache and decode attention against it (the inference path).
+//
+// Cache (vLLM's PagedAttention, Kwon et al. 2023): a pool of fixed-size pages, each holding
+// page_size tokens of every layer's keys and values; a page table per sequence maps logical
+// page i (positions [i·page_size, (i+1)·page_size)) to a physical page. Pages are reference
+// counted, so sequences that share a prompt share its pages (fork); a sequence that appends
+// into a shared page first copies it (copy on write). A sliding-window sequence returns the
+// pages that fell out of its window, so its memory stays bounded by the window. A later turn of
+// a conversation appends to the same sequence and reuses the earlier turns' pages.
+//
+// Page layout (one physical page, storage dtype T):
+//   data  : [layers][2 (K, V)][heads_kv][page_size][head_dim]   a head's rows are contiguous
+//   scale : [layers][2][heads_kv] f32, int8 storage only: value = int8 · scale (absmax / 127,
+//           raised and the page requantized when a larger row arrives)
+//
+// Decode (flash-decoding, Dao et al. 2023; FlashInfer's plan/run split): nq query tokens per
+// sequence, the last nq positions already appended to the cache. plan_decode() partitions the
+// batch once on the host into items (sequence, KV head, query tile, key chunk); run_decode()
+// computes each item with all query heads of its KV head in one pass over the chunk's pages
+// (GQA), in parallel, and merges the chunks of a row by their log-sum-exp. Query token i of a
+// sequence of length L sits at position p = L − nq + i and sees keys j with j <= p and, for a
+// window W, j > p − W.
+//   q, out : [num_seqs, nq, heads_q, head_dim]     lse : [num_seqs, heads_q, nq] f32
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "attnkit/tensor.h"
+
+namespace attnkit {
+
+enum class KVDType : uint8_t { f32, bf16, f16, int8 };
+const char* to_string(KVDType t);
+int64_t kv_dtype_size(KVDType t);
+
+struct KVCacheConfig {
+  int64_t num_layers = 1;
+  int64_t heads_kv = 1;
+  int64_t head_dim = 64;
+  int64_t page_size = 16;  // tokens per page
+  int64_t num_pages = 0;   // pages in the pool, allocated once
+  KVDType dtype = KVDType::f32;
+};
+
+using SeqId = int64_t;
+
+class KVCache {
+ public:
+  explicit KVCache(const KVCacheConfig& config);
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+
+  const KVCacheConfig& config() const { return config_; }
+
+  // A new empty sequence; window > 0 keeps only the keys a query can still see (the last
+  // `window` positions), 0 keeps everything.
+  SeqId add_sequence(int64_t window = 0);
+  // A new sequence holding the first prefix_len tokens of parent (all of them when -1), sharing
+  // its pages; either side copies a shared page before writing into it.
+  SeqId fork(SeqId parent, int64_t prefix_len = -1);
+  void remove_sequence(SeqId seq);
+  // Drops the positions >= len (len <= length), returning pages no one else holds.
+  void truncate(SeqId seq, int64_t len);
+
+  bool has_sequence(SeqId seq) const;
+  int64_t length(SeqId seq) const;          // positions appended so far
+  int64_t first_position(SeqId seq) const;  // oldest position still held (> 0 only with a window)
+  int64_t window(SeqId seq) const;
+
+  // Extends seq by n positions and returns the first of them. Allocates the pages they need
+  // (and copies a shared last page); with a window, first returns the pages the new queries can
+  // no longer see. Throws attnkit::Error when the pool cannot supply the pages, changing nothing.
+  int64_t grow(SeqId seq, int64_t n);
+  // Stores keys and values of one layer at positions [pos, pos + n): k, v are [n, heads_kv,
+  // head_dim] of any dtype. The positions must be held by seq and not shared with another
+  // sequence (positions that grow() returned are never shared).
+  void write(SeqId seq, int64_t layer, int64_t pos, const TensorView& k, const TensorView& v);
+  // grow(n) and write every layer: k, v are [num_layers, n, heads_kv, head_dim].
+  int64_t append(SeqId seq, const TensorView& k, const TensorView& v);
+  // Copies positions [pos, pos + n) of one layer into k, v ([n, heads_kv, head_dim], any dtype).
+  void read(SeqId seq, int64_t layer, int64_t pos, const TensorView& k, const TensorView& v) const;
+
+  int64_t free_pages() const;
+  int64_t used_pages() const { return config_.num_pages - free_pages(); }
+  int64_t page_bytes() const { return page_bytes_; }
+  int64_t bytes_in_use() const { return used_pages() * page_bytes_; }
+  // Pages a sequence references (shared ones included).
+  int64_t sequence_pages(SeqId seq) const;
+  // Reference count of a physical page: how many sequences hold it.
+  int32_t page_refs(int32_t page) const;
+
+  // Access for the kernels. Logical page i of seq (first_page(seq) <= i < end) is physical page
+  // page_table(seq)[i − first_page(seq)].
+  int64_t first_page(SeqId seq) const;
+  std::span<const int32_t> page_table(SeqId seq) const;
+  // Rows [page_size][head_dim] of one (page, layer, K or V, head); kv = 0 keys, 1 values.
+  const void* block(int32_t page, int64_t layer, int kv, int64_t head) const;
+  float block_scale(int32_t page, int64_t layer, int kv, int64_t head) const;  // int8 only
+
+ private:
+  struct Seq;
+  Seq& seq_ref(SeqId seq, const char* fn);
+  const Seq& seq_ref(SeqId seq, const char* fn) const;
+  void* block_mut(int32_t page, int64_t layer, int kv, int64_t head);
+  float* scale_mut(int32_t page, int64_t layer, int kv, int64_t head);
+  void release_page(int32_t page);
+  int32_t take_page();
+  void copy_page(int32_t from, int32_t to);
+  void store_row(int32_t page, int64_t layer, int kv, int64_t head, int64_t slot, const float* x);
+  void load_row(int32_t page, int64_t layer, int kv, int64_t head, int64_t slot, float* x) const;
+
+  KVCacheConfig config_;
+  int64_t page_bytes_ = 0;
+  int64_t block_elems_ = 0;  // page_size · head_dim
+  std::unique_ptr<uint8_t[], void (*)(void*)> pool_;
+  std::vector<float> scales_;  // int8: [num_pages][layers][2][heads_kv]
+  std::vector<int32_t> refs_;  // per physical page
+  std::vector<int32_t> free_;  // free physical pages (a stack)
+  std::vector<std::unique_ptr<Seq>> seqs_;  // indexed by SeqId; null once removed
+};
+
+// ---- decode attention ---------------------------------------------------------------------
+
+// The keys one sequence's queries read: positions [key_begin, key_end) (key_end = length).
+struct DecodeRange {
+  int64_t key_begin = 0, key_end = 0;
+  int64_t window = 0;
+};
+
+// One work item: query tokens [q_begin, q_end) of sequence seq, all query heads of KV head
+// head_kv, against keys [key_begin, key_end) (page-aligned except at the range's ends); its
+// partial result goes to chunk `split` of the sequence.
+struct DecodeItem {
+  int32_t seq = 0, head_kv = 0, split = 0;
+  int64_t q_begin = 0, q_end = 0;
+  int64_t key_begin = 0, key_end = 0;
+};
+
+struct DecodePlan {
+  int64_t queries_per_seq = 0, heads_q = 0, heads_kv = 0, head_dim = 0, page_size = 0;
+  std::vector<SeqId> seq_ids;          // empty when planned from ranges alone
+  std::vector<DecodeRange> ranges;     // per sequence
+  std::vector<int32_t> splits;         // key chunks per sequence
+  std::vector<int64_t> split_offset;   // per sequence: index of its first chunk among all chunks
+  int64_t total_splits = 0;
+  std::vector<DecodeItem> items;       // longest first
+};
+
+struct DecodeOptions {
+  int threads = 0;             // 0: the library's thread count
+  int64_t min_chunk = 0;       // minimum keys per chunk; 0: automatic (a few pages, >= 256 keys)
+  int64_t query_tile = 0;      // query tokens per item; 0: automatic (about 64 rows of scores)
+};
+
+// Partitions a batch into items: each sequence's key range is cut at page boundaries into
+// chunks so that the items keep every thread busy, and long prefill queries into tiles.
+DecodePlan plan_decode(std::span<const DecodeRange> ranges, int64_t queries_per_seq, int64_t heads_q,
+                       int64_t heads_kv, int64_t head_dim, int64_t page_size, const DecodeOptions& options = {});
+// The same for sequences of a cache, whose last queries_per_seq positions are the queries.
+DecodePlan plan_decode(const KVCache& cache, std::span<const SeqId> seqs, int64_t queries_per_seq,
+                       int64_t heads_q, const DecodeOptions& options = {});
+
+struct DecodeParams {
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  float softcap = 0.0f;
+};
+
+// Runs a plan made from the cache for one layer. Throws attnkit::Error before touching data
+// when the views do not match the plan or the cache's sequences changed since it was planned.
+void run_decode(const KVCache& cache, const DecodePlan& plan, int64_t layer, const TensorView& q,
+                const TensorView& out, const DecodeParams& params = {}, const TensorView& lse = {});
+// plan_decode + run_decode.
+void decode(const KVCache& cache, std::span<const SeqId> seqs, int64_t layer, const TensorView& q,
+            const TensorView& out, const DecodeParams& params = {}, const TensorView& lse = {});
+
+// Decode cost model (to move into cost.h, which another branch owns now): one decode step
+// reads every cached key and value once plus every weight once, so at bandwidth B its time is
+//   t = (kv_bytes_read + weight_bytes) / B.
+struct DecodeCost {
+  double kv_bytes = 0, weight_bytes = 0;
+  double bytes() const { return kv_bytes + weight_bytes; }
+  double seconds(double bytes_per_second) const { return bytes() / bytes_per_second; }
+};
+// Bytes of K and V read by one decode step of `layers` layers at context length ctx.
+double decode_kv_bytes(int64_t layers, int64_t ctx, int64_t heads_kv, int64_t head_dim, KVDType dtype);
+
+}  // namespace attnkit
