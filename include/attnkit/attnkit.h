@@ -5,5 +5,6 @@
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
 #include "attnkit/linear.h"
+#include "attnkit/mask.h"
 #include "attnkit/recurrent.h"
 #include "attnkit/tensor.h"
