@@ -137,11 +137,14 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
 
   // qt[d][i] = scale · log2e · q[i][d], zero-padded to Dp × bq.
   const float qscale = pr.scale * kLog2e;
-  std::fill(s.qt, s.qt + Dp * bq, 0.0f);
+  // Rows are converted into o (free until the first product) and transposed from there:
+  // cheap enough to matter when a sparse query tile visits only a few key tiles.
   for (int64_t i = 0; i < nq; ++i) {
-    const int64_t base = offset4(q, sq.batch, sq.q0 + i0 + i, h, 0);
-    for (int64_t d = 0; d < D; ++d) s.qt[d * bq + i] = qscale * load_f32(q, base + d * q.strides[3]);
+    LoadRowF32(q, offset4(q, sq.batch, sq.q0 + i0 + i, h, 0), q.strides[3], D, Dp, s.o + i * Dp);
   }
+  std::fill(s.o + nq * Dp, s.o + bq * Dp, 0.0f);
+  for (int64_t d = 0; d < Dp; ++d)
+    for (int64_t i = 0; i < bq; ++i) s.qt[d * bq + i] = qscale * s.o[i * Dp + d];
   std::fill(s.o, s.o + bq * Dp, 0.0f);
   std::fill(s.m, s.m + bq, -std::numeric_limits<float>::infinity());
   std::fill(s.l, s.l + bq, 0.0f);
@@ -191,7 +194,13 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const float li = s.l[i];
     const float inv = li > 0 ? 1.0f / li : 0.0f;
     const int64_t base = offset4(out, sq.batch, sq.q0 + i0 + i, h, 0);
-    for (int64_t d = 0; d < D; ++d) store_f32(out, base + d * out.strides[3], s.o[i * Dp + d] * inv);
+    const float* oi = s.o + i * Dp;
+    if (out.dtype == DType::f32 && out.strides[3] == 1) {
+      float* dst = static_cast<float*>(out.data) + base;
+      for (int64_t d = 0; d < D; ++d) dst[d] = oi[d] * inv;
+    } else {
+      for (int64_t d = 0; d < D; ++d) store_f32(out, base + d * out.strides[3], oi[d] * inv);
+    }
     if (!lse.empty()) {
       static_cast<float*>(lse.data)[offset3(lse, sq.batch, h, sq.q0 + i0 + i)] =
           li > 0 ? (s.m[i] + std::log2(li)) * kLn2 : -std::numeric_limits<float>::infinity();
