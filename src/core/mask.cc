@@ -86,6 +86,18 @@ struct WindowNode final : OffsetNode<WindowNode> {
   int64_t left, right;  // keep −right <= d <= left
   WindowNode(int64_t l, int64_t r) : left(l), right(r) {}
   bool keep_d(int64_t d) const { return d >= -right && d <= left; }
+  // Row r keeps the queries c with −right <= d0 + c <= left: one run of ones per row.
+  void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
+            int64_t ld) const override {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t d0 = q0 + c.diag() - (k0 + r);
+      const int64_t lo = std::clamp<int64_t>(-right - d0, 0, cols), hi = std::clamp<int64_t>(left - d0 + 1, lo, cols);
+      uint8_t* o = out + r * ld;
+      std::fill(o, o + lo, uint8_t{0});
+      std::fill(o + lo, o + hi, uint8_t{1});
+      std::fill(o + hi, o + cols, uint8_t{0});
+    }
+  }
   BlockKind classify(const Call& c, const Rect& r) const override {
     const auto [lo, hi] = offsets(c, r);
     if (hi < -right || lo > left) return BlockKind::empty;
@@ -128,8 +140,14 @@ struct StridedNode final : Node {
       }
       return;
     }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t col = 0; col < cols; ++col) out[r * ld + col] = keep_pj(q0 + col + c.diag(), k0 + r);
+    // Residues of the query blocks once per column, then a compare per pair.
+    std::vector<int64_t> col_res(static_cast<size_t>(cols));
+    for (int64_t col = 0; col < cols; ++col) col_res[col] = floor_mod(floor_div(q0 + col + c.diag(), block), stride);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t res = floor_mod(floor_div(k0 + r, block), stride);
+      uint8_t* o = out + r * ld;
+      for (int64_t col = 0; col < cols; ++col) o[col] = col_res[col] == res;
+    }
   }
   BlockKind classify(const Call& c, const Rect& r) const override {
     // Block differences over the rectangle: P − J spans [P_lo − J_hi, P_hi − J_lo].
@@ -349,11 +367,15 @@ struct BinaryNode final : Node {
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
     a->fill(c, q0, k0, rows, cols, out, ld);
-    std::vector<uint8_t> other(static_cast<size_t>(rows * cols));
-    b->fill(c, q0, k0, rows, cols, other.data(), cols);
+    // The second operand in a stack buffer for kernel tiles, on the heap for larger ones.
+    constexpr int64_t kStack = 64 * 128;
+    uint8_t stack[kStack];
+    std::vector<uint8_t> heap(rows * cols > kStack ? static_cast<size_t>(rows * cols) : 0);
+    uint8_t* other = rows * cols > kStack ? heap.data() : stack;
+    b->fill(c, q0, k0, rows, cols, other, cols);
     for (int64_t r = 0; r < rows; ++r) {
       uint8_t* o = out + r * ld;
-      const uint8_t* x = other.data() + r * cols;
+      const uint8_t* x = other + r * cols;
       if (is_and) {
         for (int64_t col = 0; col < cols; ++col) o[col] &= x[col];
       } else {

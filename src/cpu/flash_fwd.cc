@@ -28,6 +28,7 @@
 #include "cpu/pack-inl.h"
 #include "cpu/softmax-inl.h"
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -108,20 +109,24 @@ void ListKeyTiles(const Problem& pr, const MaskPlan* plan, const Item& it, int64
 // [r0, r1) × [c0, c1); r0 == r1 when none.
 void KeptSpan(const uint8_t* keep, int64_t ld, int64_t rows, int64_t cols, int64_t& r0, int64_t& r1, int64_t& c0,
               int64_t& c1) {
-  r0 = rows, r1 = 0, c0 = cols, c1 = 0;
+  uint8_t any_col[kBq] = {};
+  r0 = rows, r1 = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* k = keep + r * ld;
-    int64_t first = 0;
-    while (first < cols && k[first] == 0) ++first;
-    if (first == cols) continue;
-    int64_t last = cols;
-    while (k[last - 1] == 0) --last;
-    r0 = std::min(r0, r);
-    r1 = r + 1;
-    c0 = std::min(c0, first);
-    c1 = std::max(c1, last);
+    uint8_t any = 0;
+    for (int64_t c = 0; c < cols; ++c) {  // OR reductions: vectorized
+      any_col[c] |= k[c];
+      any |= k[c];
+    }
+    if (any) r0 = std::min(r0, r), r1 = r + 1;
   }
-  if (r0 >= r1) r0 = r1 = 0;
+  if (r0 >= r1) {
+    r0 = r1 = c0 = c1 = 0;
+    return;
+  }
+  c0 = 0, c1 = cols;
+  while (any_col[c0] == 0) ++c0;
+  while (any_col[c1 - 1] == 0) --c1;
 }
 
 void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -150,7 +155,22 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
   std::fill(s.l, s.l + bq, 0.0f);
 
   ListKeyTiles(pr, plan, it, nq, s.tiles);
-  for (const KeyTile& t : s.tiles) {
+  // K and V rows lie H·D apart, two or so per page: the hardware prefetcher does not follow
+  // them across pages, so the next tile's rows are requested while this one is computed.
+  auto prefetch_tile = [&](int64_t j0) {
+    const int64_t n = std::min(kBk, sq.nk - j0), esize = dtype_size(k.dtype), bytes = D * esize;
+    const char* kb = static_cast<const char*>(k.data) + offset4(k, sq.batch, sq.k0 + j0, hk, 0) * esize;
+    const char* vb = static_cast<const char*>(v.data) + offset4(v, sq.batch, sq.k0 + j0, hk, 0) * esize;
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t x = 0; x < bytes; x += 64) {
+        hwy::Prefetch(kb + j * k.strides[1] * esize + x);
+        hwy::Prefetch(vb + j * v.strides[1] * esize + x);
+      }
+  };
+  if (k.strides[3] == 1 && v.strides[3] == 1 && !s.tiles.empty()) prefetch_tile(s.tiles.front().k_first);
+  for (size_t ti = 0; ti < s.tiles.size(); ++ti) {
+    const KeyTile& t = s.tiles[ti];
+    if (ti + 1 < s.tiles.size() && k.strides[3] == 1 && v.strides[3] == 1) prefetch_tile(s.tiles[ti + 1].k_first);
     const int64_t j0 = t.k_first, nk = std::min(kBk, sq.nk - j0);
     // The part of the tile that is computed: key rows [r0, r1) × query columns [c0, c1).
     int64_t r0 = 0, r1 = nk, c0 = 0, c1 = bq;
