@@ -12,7 +12,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <limits>
 #include <numeric>
 
 #include "attnkit/error.h"
@@ -263,12 +262,14 @@ struct RandomBlocksNode final : Node {
   }
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
-    int64_t cached = std::numeric_limits<int64_t>::min();
-    std::vector<uint8_t> in;
-    for (int64_t col = 0; col < cols; ++col) {
-      const int64_t qb = floor_div(q0 + col + c.diag(), block);
-      if (qb != cached) in = chosen(c, cached = qb);
-      for (int64_t r = 0; r < rows; ++r) out[r * ld + col] = in[(k0 + r) / block];
+    // Columns in runs of one query block; within a run, each row is all kept or all dropped.
+    for (int64_t a = 0; a < cols;) {
+      const int64_t qb = floor_div(q0 + a + c.diag(), block);
+      int64_t e = a + 1;
+      while (e < cols && floor_div(q0 + e + c.diag(), block) == qb) ++e;
+      const std::vector<uint8_t> in = chosen(c, qb);
+      for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ld + a, out + r * ld + e, in[(k0 + r) / block]);
+      a = e;
     }
   }
   BlockKind classify(const Call& c, const Rect& r) const override {
