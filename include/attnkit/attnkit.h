@@ -6,6 +6,7 @@
 #include "attnkit/error.h"
 #include "attnkit/kv_cache.h"
 #include "attnkit/linear.h"
+#include "attnkit/mask.h"
 #include "attnkit/model.h"
 #include "attnkit/recurrent.h"
 #include "attnkit/tensor.h"

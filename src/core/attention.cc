@@ -3,6 +3,7 @@
 
 #include "attnkit/attention.h"
 #include "attnkit/error.h"
+#include "attnkit/mask.h"
 #include "core/problem.h"
 #include "cpu/kernels.h"
 #ifdef ATTNKIT_HAS_CUDA
@@ -15,6 +16,9 @@ namespace {
 
 // CUDA tensors: only the flash algorithm exists there.
 void check_cuda_algorithm(const AttentionParams& params) {
+  if (params.mask != nullptr) {
+    throw Error("params.mask: sparse masks run on CPU tensors only; the CUDA backend has no sparse kernels yet");
+  }
   if (params.algorithm != Algorithm::automatic && params.algorithm != Algorithm::flash) {
     throw Error(fmt::format("params.algorithm: CUDA tensors support auto or flash, given {}",
                             to_string(params.algorithm)));
@@ -44,6 +48,15 @@ void cuda_backward(const Problem& pr, const TensorView& q, const TensorView& k, 
 #endif
 }
 
+// The mask as the reference's element predicate (positions within each sequence).
+ref::KeepFn keep_fn(const Problem& pr) {
+  if (pr.mask == nullptr) return {};
+  return [&pr](int64_t si, int64_t h, int64_t i, int64_t j) {
+    const Sequence& sq = pr.seqs[static_cast<size_t>(si)];
+    return pr.mask->keep(si, h, i, j, sq.nq, sq.nk);
+  };
+}
+
 }  // namespace
 
 int64_t backward_workspace_bytes(const TensorView& q) {
@@ -68,7 +81,7 @@ void forward(const TensorView& q, const TensorView& k, const TensorView& v, cons
   if (pr.device == Device::cuda) return cuda_forward(pr, q, k, v, out, params, lse);
   switch (params.algorithm) {
     case Algorithm::reference: {
-      const ref::ForwardResult r = ref::forward(pr, q, k, v);
+      const ref::ForwardResult r = ref::forward(pr, q, k, v, keep_fn(pr));
       ref::store(r.out, out);
       if (!lse.empty()) ref::store(r.lse, lse);
       return;
@@ -86,7 +99,7 @@ void backward(const TensorView& q, const TensorView& k, const TensorView& v, con
   if (pr.device == Device::cuda) return cuda_backward(pr, q, k, v, out, dout, lse, dq, dk, dv, params);
   switch (params.algorithm) {
     case Algorithm::reference: {
-      const ref::BackwardResult r = ref::backward(pr, q, k, v, dout);
+      const ref::BackwardResult r = ref::backward(pr, q, k, v, dout, keep_fn(pr));
       ref::store(r.dq, dq);
       ref::store(r.dk, dk);
       ref::store(r.dv, dv);

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "attnkit/error.h"
+#include "attnkit/mask.h"
 #include "core/problem.h"
 
 namespace attnkit {
@@ -195,6 +196,11 @@ Problem common(const TensorView& q, const TensorView& k, const TensorView& v, co
   pr.causal = p.causal;
   pr.mask = p.mask;
   pr.seqs = make_sequences(pr, p);
+  if (pr.mask != nullptr) {  // sizes of the longest sequence: a varlen batch shares one mask
+    int64_t nq = 0, nk = 0;
+    for (const Sequence& s : pr.seqs) nq = std::max(nq, s.nq), nk = std::max(nk, s.nk);
+    pr.mask->validate(nq, nk, pr.heads_q);
+  }
 
   check_no_self_overlap(out, "out");
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) check_disjoint(out, "out", *t, name);

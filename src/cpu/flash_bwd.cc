@@ -5,8 +5,9 @@
 //   qt, dot : [Hq][Dp][Nqp]   transposed (qt also multiplied by scale · log2e: base-2 logits)
 //   qp, dop : [Hq][Nq][Dp]    kp, vp : [Hkv][Nk][Dp]
 //   lse, delta : [Hq][Nqp]    lse in base 2; delta_i = do_i · o_i
-// Work items are (KV head, key tile of kBk). An item owns its dK, dV tile and walks every query
-// tile of every query head in its group:
+// Work items are (KV head, key tile of kBk). An item owns its dK, dV tile and walks the query
+// tiles of every query head in its group that see it (all; those past the diagonal when causal;
+// a sparse mask's BlockLayout, by key block), masking partial tiles as the forward does:
 //   st  = K_t · qtᵀ          P = 2^(st − lse)              (keys × queries)
 //   dpt = V_t · dotᵀ         dS = P ∘ (dpt − delta) · scale
 //   dV_t += P · dO_tile      dK_t += dS · Q_tile           dQ_tile += dSᵀ · K_t
@@ -19,8 +20,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
+#include "core/mask_plan.h"
 #include "core/thread_pool.h"
 #include "cpu/gemm_tile-inl.h"
 #include "cpu/kernels.h"
@@ -106,14 +109,21 @@ Packed Pack(const Problem& pr, const Sequence& sq, const TensorView& q, const Te
 
 struct BwdScratch {
   Buffer mem;
+  hwy::AlignedFreeUniquePtr<uint8_t[]> keep_mem;
   float *st, *dpt, *dk, *dv;
-  explicit BwdScratch(int64_t Dp) : mem(hwy::AllocateAligned<float>(2 * kBk * kBq + 2 * kBk * Dp)) {
+  uint8_t* keep;  // [kBk][kBq] element mask of a partial tile
+  explicit BwdScratch(int64_t Dp)
+      : mem(hwy::AllocateAligned<float>(2 * kBk * kBq + 2 * kBk * Dp)), keep_mem(hwy::AllocateAligned<uint8_t>(kBk * kBq)) {
     st = mem.get();        // [kBk][kBq]
     dpt = st + kBk * kBq;  // [kBk][kBq]
     dk = dpt + kBk * kBq;  // [kBk][Dp]
     dv = dk + kBk * Dp;    // [kBk][Dp]
+    keep = keep_mem.get();
   }
 };
+
+// How a (key tile, query tile) pair is masked; see flash_fwd.cc.
+enum class TileKind : uint8_t { full, causal, masked };
 
 // P = 2^(st − lse) and dS = P ∘ (dpt − delta) ∘ ∂softcap · scale, in place (st ← P, dpt ← dS).
 // softcap arrives in base-2 units, so st / softcap is the tanh of the capped logit.
@@ -151,8 +161,17 @@ void FlashBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
   ThreadPool& tp = pool();
   std::vector<BwdScratch> scratch;
   for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(Dp);
+  // Sparse masks: the layout at this kernel's tiles, walked by key tile.
+  std::optional<MaskPlan> plan;
+  std::vector<KeyMajorLayout> by_key;
+  if (pr.mask != nullptr) {
+    plan = plan_mask(pr, kBq, kBk);
+    by_key.resize(plan->layouts.size());
+    tp.parallel_for(static_cast<int64_t>(by_key.size()), [&](int64_t i, int) { by_key[i] = key_major(plan->layouts[i]); });
+  }
 
-  for (const Sequence& sq : pr.seqs) {
+  for (size_t si = 0; si < pr.seqs.size(); ++si) {
+    const Sequence& sq = pr.seqs[si];
     if (sq.nk == 0) {  // no keys: every gradient of this sequence is zero
       for (int64_t i = 0; i < sq.nq; ++i)
         for (int64_t h = 0; h < Hq; ++h)
@@ -175,27 +194,45 @@ void FlashBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
       const float* vt = p.vp.get() + (hk * sq.nk + j0) * Dp;
       std::fill(s.dk, s.dk + kBk * Dp, 0.0f);
       std::fill(s.dv, s.dv + kBk * Dp, 0.0f);
-      // Causal: query i sees key j when i >= j − diag; tiles wholly before j0 − diag see nothing.
-      const int64_t i_begin = pr.causal ? std::max<int64_t>(0, (j0 - diag) / kBq * kBq) : 0;
+      // One (query tile, key tile) pair: recompute P, then dS, and accumulate dV, dK, dQ.
+      auto visit = [&](int64_t h, int64_t i0, TileKind kind) {
+        const int64_t nq = std::min(kBq, sq.nq - i0);
+        TileProduct<Accum::overwrite>(nk, kBq, {kt, Dp, 1}, p.qt.get() + h * Dp * nqp + i0, nqp, D, s.st, kBq);
+        TileLogits shape;
+        shape.softcap = pr.softcap * kLog2e;
+        shape.causal_partial = kind == TileKind::causal;
+        shape.q_first = i0;
+        shape.k_first = j0;
+        shape.diag = diag;
+        if (kind == TileKind::masked) {
+          plan->mask.fill(static_cast<int64_t>(si), h, sq.nq, sq.nk, i0, j0, nk, nq, s.keep, kBq);
+          for (int64_t r = 0; r < nk; ++r) std::fill(s.keep + r * kBq + nq, s.keep + (r + 1) * kBq, uint8_t{0});
+          shape.keep = s.keep;
+          shape.keep_ld = kBq;
+        }
+        ShapeLogits(s.st, kBq, nk, kBq, shape);
+        TileProduct<Accum::overwrite>(nk, kBq, {vt, Dp, 1}, p.dot.get() + h * Dp * nqp + i0, nqp, D, s.dpt, kBq);
+        ProbsAndGrads(s.st, s.dpt, nk, p.lse.get() + h * nqp + i0, p.delta.get() + h * nqp + i0, pr.scale,
+                      pr.softcap * kLog2e);
+        const float* dO = p.dop.get() + (h * nqp + i0) * Dp;
+        const float* Q = p.qp.get() + (h * nqp + i0) * Dp;
+        TileProduct<Accum::add>(nk, Dp, {s.st, kBq, 1}, dO, Dp, nq, s.dv, Dp);
+        TileProduct<Accum::add>(nk, Dp, {s.dpt, kBq, 1}, Q, Dp, nq, s.dk, Dp);
+        TileProduct<Accum::add>(nq, Dp, {s.dpt, 1, kBq}, kt, Dp, nk, dq_acc[thread].get() + (h * nqp + i0) * Dp, Dp);
+      };
       for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-        for (int64_t i0 = std::max<int64_t>(0, i_begin); i0 < sq.nq; i0 += kBq) {
-          const int64_t nq = std::min(kBq, sq.nq - i0);
-          TileProduct<Accum::overwrite>(nk, kBq, {kt, Dp, 1}, p.qt.get() + h * Dp * nqp + i0, nqp, D, s.st, kBq);
-          TileLogits shape;
-          shape.softcap = pr.softcap * kLog2e;
-          shape.causal_partial = pr.causal && j0 + nk - 1 > i0 + diag;
-          shape.q_first = i0;
-          shape.k_first = j0;
-          shape.diag = diag;
-          ShapeLogits(s.st, kBq, nk, kBq, shape);
-          TileProduct<Accum::overwrite>(nk, kBq, {vt, Dp, 1}, p.dot.get() + h * Dp * nqp + i0, nqp, D, s.dpt, kBq);
-          ProbsAndGrads(s.st, s.dpt, nk, p.lse.get() + h * nqp + i0, p.delta.get() + h * nqp + i0, pr.scale,
-                        pr.softcap * kLog2e);
-          const float* dO = p.dop.get() + (h * nqp + i0) * Dp;
-          const float* Q = p.qp.get() + (h * nqp + i0) * Dp;
-          TileProduct<Accum::add>(nk, Dp, {s.st, kBq, 1}, dO, Dp, nq, s.dv, Dp);
-          TileProduct<Accum::add>(nk, Dp, {s.dpt, kBq, 1}, Q, Dp, nq, s.dk, Dp);
-          TileProduct<Accum::add>(nq, Dp, {s.dpt, 1, kBq}, kt, Dp, nk, dq_acc[thread].get() + (h * nqp + i0) * Dp, Dp);
+        if (plan) {  // the layout's query tiles of this key tile
+          const KeyMajorLayout& km = by_key[plan->slot(static_cast<int64_t>(si), h)];
+          const int64_t kb = j0 / kBk;
+          for (int64_t e = km.col_begin[kb]; e < km.col_begin[kb + 1]; ++e) {
+            visit(h, km.q_block[e] * kBq, km.partial[e] ? TileKind::masked : TileKind::full);
+          }
+          continue;
+        }
+        // Causal: query i sees key j when i >= j − diag; tiles wholly before j0 − diag see nothing.
+        const int64_t i_begin = pr.causal ? std::max<int64_t>(0, (j0 - diag) / kBq * kBq) : 0;
+        for (int64_t i0 = i_begin; i0 < sq.nq; i0 += kBq) {
+          visit(h, i0, pr.causal && j0 + nk - 1 > i0 + diag ? TileKind::causal : TileKind::full);
         }
       }
       for (int64_t j = 0; j < nk; ++j) {

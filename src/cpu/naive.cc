@@ -2,6 +2,7 @@
 // materializes the whole score matrix with BLAS GEMMs, so that the O(N²) story is told against
 // a fast implementation, not a slow one.
 //   forward : S = Q Kᵀ (sgemm)  →  P = softmax(scale · S) row by row  →  O = P V (sgemm)
+// A sparse mask is applied to each row of S as an element mask (dropped pairs become −inf).
 //   backward: dP = dO Vᵀ, dS = P ∘ (dP − δ) · scale, dV += Pᵀ dO, dQ = dS K, dK += dSᵀ Q
 // Buffers per (sequence, head): S, P : [nq][nk] f32, two of them in the backward pass.
 #undef HWY_TARGET_INCLUDE
@@ -15,6 +16,7 @@
 #include <limits>
 #include <vector>
 
+#include "attnkit/mask.h"
 #include "core/thread_pool.h"
 #include "cpu/kernels.h"
 #include "cpu/pack-inl.h"
@@ -53,6 +55,10 @@ float RowSoftmax(float* HWY_RESTRICT s, int64_t visible, int64_t nk) {
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   float m = kNegInf;
   for (int64_t j = 0; j < visible; ++j) m = std::max(m, s[j]);
+  if (m == kNegInf) {  // every visible key dropped by a sparse mask
+    std::fill(s, s + nk, 0.0f);
+    return kNegInf;
+  }
   const auto vm = hn::Set(df, m);
   auto acc = hn::Zero(df);
   int64_t j = 0;
@@ -83,13 +89,23 @@ int64_t Visible(const Problem& pr, const Sequence& sq, int64_t i) {
   return pr.causal ? std::clamp<int64_t>(Problem::causal_end(i, sq.nq, sq.nk), 0, sq.nk) : sq.nk;
 }
 
+// A sparse mask on logits row i of head h: dropped keys among the first `visible` become −inf.
+void MaskRow(const Problem& pr, int64_t si, const Sequence& sq, int64_t h, int64_t i, int64_t visible, float* row) {
+  if (pr.mask == nullptr || visible == 0) return;
+  std::vector<uint8_t> keep(static_cast<size_t>(visible));
+  pr.mask->fill(si, h, sq.nq, sq.nk, i, 0, visible, 1, keep.data(), 1);
+  for (int64_t j = 0; j < visible; ++j)
+    if (!keep[j]) row[j] = kNegInf;
+}
+
 }  // namespace
 
 void NaiveForward(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                   const TensorView& out, const TensorView& lse) {
   const int64_t D = pr.head_dim;
   ThreadPool& tp = pool();
-  for (const Sequence& sq : pr.seqs) {
+  for (size_t si = 0; si < pr.seqs.size(); ++si) {
+    const Sequence& sq = pr.seqs[si];
     if (sq.nq == 0) continue;
     std::vector<float> qh(sq.nq * D), kh(sq.nk * D), vh(sq.nk * D), oh(sq.nq * D), s(sq.nq * sq.nk);
     std::vector<float> row_lse(sq.nq);
@@ -105,6 +121,7 @@ void NaiveForward(const Problem& pr, const TensorView& q, const TensorView& k, c
       tp.parallel_for(sq.nq, [&](int64_t i, int) {
         float* row = s.data() + i * sq.nk;
         const int64_t vis = RowLogits(row, sq.nk, Visible(pr, sq, i), pr.scale, pr.softcap);
+        MaskRow(pr, static_cast<int64_t>(si), sq, h, i, vis, row);
         row_lse[i] = RowSoftmax(row, vis, sq.nk);
       });
       if (sq.nk > 0) {  // O = P V : [nq][D]
@@ -126,7 +143,8 @@ void NaiveBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
                    const TensorView& dk, const TensorView& dv) {
   const int64_t D = pr.head_dim;
   ThreadPool& tp = pool();
-  for (const Sequence& sq : pr.seqs) {
+  for (size_t si = 0; si < pr.seqs.size(); ++si) {
+    const Sequence& sq = pr.seqs[si];
     const int64_t nq = sq.nq, nk = sq.nk;
     std::vector<float> qh(nq * D), kh(nk * D), vh(nk * D), oh(nq * D), doh(nq * D), dqh(nq * D);
     std::vector<float> dkh(nk * D), dvh(nk * D), p(nq * nk), dp(nq * nk);
@@ -151,13 +169,14 @@ void NaiveBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
             float* pr_row = p.data() + i * nk;
             float* dp_row = dp.data() + i * nk;
             const int64_t vis = RowLogits(pr_row, nk, Visible(pr, sq, i), pr.scale, pr.softcap);
+            MaskRow(pr, static_cast<int64_t>(si), sq, h, i, vis, pr_row);
             const float row_lse = static_cast<const float*>(lse.data)[offset3(lse, sq.batch, h, sq.q0 + i)];
             float delta = 0;
             for (int64_t d = 0; d < D; ++d) delta += oh[i * D + d] * doh[i * D + d];
             for (int64_t j = 0; j < nk; ++j) {
               const float pij = j < vis && row_lse > kNegInf ? std::exp(pr_row[j] - row_lse) : 0.0f;
               const float g = pr.softcap > 0 ? 1.0f - (pr_row[j] / pr.softcap) * (pr_row[j] / pr.softcap) : 1.0f;
-              dp_row[j] = j < vis ? pij * (dp_row[j] - delta) * g * pr.scale : 0.0f;
+              dp_row[j] = j < vis && pij != 0.0f ? pij * (dp_row[j] - delta) * g * pr.scale : 0.0f;
               pr_row[j] = pij;
             }
           });

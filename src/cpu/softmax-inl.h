@@ -53,9 +53,13 @@ struct TileLogits {
   int64_t q_first = 0;          // position of the tile's first query within its sequence
   int64_t k_first = 0;          // position of the tile's first key
   int64_t diag = 0;             // nk − nq: query i sees keys j <= i + diag
+  // Element mask of a partial tile of a sparse mask, keep[r · keep_ld + c] (0 drops the pair);
+  // nullptr on full tiles, which skip element masking.
+  const uint8_t* keep = nullptr;
+  int64_t keep_ld = 0;
 };
 
-// Applies softcap and the causal mask to st[0..rows)[0..cols) in place.
+// Applies softcap, the causal mask and the element mask to st[0..rows)[0..cols) in place.
 HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, int64_t cols, const TileLogits& t) {
   const hn::ScalableTag<float> df;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
@@ -76,6 +80,18 @@ HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, in
         float* p = st + r * ld + c;
         const auto qi = hn::Iota(df, static_cast<float>(t.q_first + c));
         hn::StoreU(hn::IfThenElse(hn::Ge(qi, first_visible), hn::LoadU(df, p), neg_inf), df, p);
+      }
+    }
+  }
+  if (t.keep != nullptr) {
+    const hn::Rebind<uint8_t, decltype(df)> d8;
+    const hn::Rebind<int32_t, decltype(df)> di;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* k = t.keep + r * t.keep_ld;
+      for (int64_t c = 0; c < cols; c += L) {
+        float* p = st + r * ld + c;
+        const auto kept = hn::RebindMask(df, hn::Ne(hn::PromoteTo(di, hn::LoadU(d8, k + c)), hn::Zero(di)));
+        hn::StoreU(hn::IfThenElse(kept, hn::LoadU(df, p), neg_inf), df, p);
       }
     }
   }
