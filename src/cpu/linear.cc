@@ -60,8 +60,8 @@ cpu::LinearProblem make_problem(const TensorView& q, const TensorView& k, const 
   lin::check_view(q, "q", 4);
   lin::check_view(k, "k", 4);
   lin::check_view(v, "v", 4);
-  lin::check_dtype(k, "k", q.dtype, "the dtype of q");
-  lin::check_dtype(v, "v", q.dtype, "the dtype of q");
+  check_dtype(k, "k", q.dtype, "the dtype of q");
+  check_dtype(v, "v", q.dtype, "the dtype of q");
   cpu::LinearProblem pr;
   pr.batch = q.shape[0];
   pr.seq_q = q.shape[1];
@@ -70,8 +70,8 @@ cpu::LinearProblem make_problem(const TensorView& q, const TensorView& k, const 
   pr.seq_k = k.shape[1];
   pr.heads_kv = k.shape[2];
   check_map(p, pr.head_dim);
-  lin::check_shape(k, "k", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "batch and head_dim of q");
-  lin::check_shape(v, "v", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of k");
+  check_shape(k, "k", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "batch and head_dim of q");
+  check_shape(v, "v", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of k");
   if (pr.heads_q % pr.heads_kv != 0) {
     throw Error(fmt::format("k: expected a number of heads that divides q's {} heads (grouped-query attention), "
                             "given {}",
@@ -177,8 +177,8 @@ void linear_forward(const TensorView& q, const TensorView& k, const TensorView& 
                     const LinearAttentionParams& params) {
   const cpu::LinearProblem pr = make_problem(q, k, v, params);
   lin::check_view(out, "out", 4);
-  lin::check_dtype(out, "out", q.dtype, "the dtype of q");
-  lin::check_shape(out, "out", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
+  check_dtype(out, "out", q.dtype, "the dtype of q");
+  check_shape(out, "out", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
   lin::check_output(out, "out", {{&q, "q"}, {&k, "k"}, {&v, "v"}});
   cpu::linear_fwd(pr, q, k, v, out);
 }
@@ -188,15 +188,15 @@ void linear_backward(const TensorView& q, const TensorView& k, const TensorView&
                      const LinearAttentionParams& params) {
   const cpu::LinearProblem pr = make_problem(q, k, v, params);
   lin::check_view(dout, "dout", 4);
-  lin::check_dtype(dout, "dout", q.dtype, "the dtype of q");
-  lin::check_shape(dout, "dout", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
+  check_dtype(dout, "dout", q.dtype, "the dtype of q");
+  check_shape(dout, "dout", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
   for (auto [g, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}}) {
     lin::check_view(*g, name, 4);
-    lin::check_dtype(*g, name, q.dtype, "the dtype of q");
+    check_dtype(*g, name, q.dtype, "the dtype of q");
   }
-  lin::check_shape(dq, "dq", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
-  lin::check_shape(dk, "dk", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of k");
-  lin::check_shape(dv, "dv", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of v");
+  check_shape(dq, "dq", {pr.batch, pr.seq_q, pr.heads_q, pr.head_dim}, "the shape of q");
+  check_shape(dk, "dk", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of k");
+  check_shape(dv, "dv", {pr.batch, pr.seq_k, pr.heads_kv, pr.head_dim}, "the shape of v");
   lin::check_output(dq, "dq", {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&dk, "dk"}, {&dv, "dv"}});
   lin::check_output(dk, "dk", {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&dv, "dv"}});
   lin::check_output(dv, "dv", {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}});
@@ -229,12 +229,12 @@ void linear_step(LinearState& st, const TensorView& q, const TensorView& k, cons
   lin::check_view(k, "k", 3);
   lin::check_view(v, "v", 3);
   lin::check_view(out, "out", 3);
-  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) lin::check_dtype(*t, name, q.dtype, "the dtype of q");
+  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) check_dtype(*t, name, q.dtype, "the dtype of q");
   const int64_t Hq = q.shape[1];
-  lin::check_shape(q, "q", {B, Hq, D}, "[batch, heads_q, head_dim] of the state");
-  lin::check_shape(k, "k", {B, Hkv, D}, "[batch, heads_kv, head_dim] of the state");
-  lin::check_shape(v, "v", {B, Hkv, D}, "[batch, heads_kv, head_dim] of the state");
-  lin::check_shape(out, "out", {B, Hq, D}, "the shape of q");
+  check_shape(q, "q", {B, Hq, D}, "[batch, heads_q, head_dim] of the state");
+  check_shape(k, "k", {B, Hkv, D}, "[batch, heads_kv, head_dim] of the state");
+  check_shape(v, "v", {B, Hkv, D}, "[batch, heads_kv, head_dim] of the state");
+  check_shape(out, "out", {B, Hq, D}, "the shape of q");
   if (Hq % Hkv != 0) {
     throw Error(fmt::format("q: expected a multiple of the state's {} KV heads, given {} heads", Hkv, Hq));
   }

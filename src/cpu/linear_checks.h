@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "attnkit/tensor.h"
+#include "core/checks.h"  // check_dtype, check_shape, overlap checks
 
 namespace attnkit::lin {
 
@@ -17,9 +18,6 @@ namespace attnkit::lin {
 void check_view(const TensorView& t, const char* name, int ndim);
 // check_view plus dtype f32 (the recurrent kernels compute and store in f32).
 void check_f32(const TensorView& t, const char* name, int ndim);
-void check_dtype(const TensorView& t, const char* name, DType want, const char* why);
-// Exact shape; `what` says where the expectation comes from ("the shape of x").
-void check_shape(const TensorView& t, const char* name, std::initializer_list<int64_t> want, const char* what);
 // An output writes each element once and shares no memory with any of `inputs`.
 void check_output(const TensorView& out, const char* name,
                   std::initializer_list<std::pair<const TensorView*, const char*>> inputs);

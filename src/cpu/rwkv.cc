@@ -27,12 +27,12 @@ cpu::Wkv4Dims check_wkv4(const TensorView& w, const TensorView& u, const TensorV
   lin::check_f32(u, "u", 1);
   cpu::Wkv4Dims s{k.shape[0], step ? 1 : k.shape[1], k.shape[nd - 1]};
   if (step) {
-    lin::check_shape(v, "v", {s.batch, s.channels}, "the shape of k, [batch, channels]");
+    check_shape(v, "v", {s.batch, s.channels}, "the shape of k, [batch, channels]");
   } else {
-    lin::check_shape(v, "v", {s.batch, s.seq, s.channels}, "the shape of k, [batch, seq, channels]");
+    check_shape(v, "v", {s.batch, s.seq, s.channels}, "the shape of k, [batch, seq, channels]");
   }
-  lin::check_shape(w, "w", {s.channels}, "[channels] with channels from k");
-  lin::check_shape(u, "u", {s.channels}, "[channels] with channels from k");
+  check_shape(w, "w", {s.channels}, "[channels] with channels from k");
+  check_shape(u, "u", {s.channels}, "[channels] with channels from k");
   lin::check_finite(w, "w");
   lin::check_finite(u, "u");
   return s;
@@ -41,7 +41,7 @@ cpu::Wkv4Dims check_wkv4(const TensorView& w, const TensorView& u, const TensorV
 void check_out(const TensorView& out, const char* name, std::initializer_list<int64_t> shape,
                std::initializer_list<std::pair<const TensorView*, const char*>> inputs) {
   lin::check_f32(out, name, static_cast<int>(shape.size()));
-  lin::check_shape(out, name, shape, "the shape of k");
+  check_shape(out, name, shape, "the shape of k");
   lin::check_output(out, name, inputs);
 }
 
@@ -57,14 +57,14 @@ cpu::Wkv6Dims check_wkv6(const TensorView& r, const TensorView& k, const TensorV
   for (auto [t, name] : {std::pair{&r, "r"}, {&v, "v"}, {&w, "w"}}) {
     lin::check_f32(*t, name, nd);
     if (step) {
-      lin::check_shape(*t, name, {s.batch, s.heads, s.head_size}, "the shape of k, [batch, heads, head_size]");
+      check_shape(*t, name, {s.batch, s.heads, s.head_size}, "the shape of k, [batch, heads, head_size]");
     } else {
-      lin::check_shape(*t, name, {s.batch, s.seq, s.heads, s.head_size},
+      check_shape(*t, name, {s.batch, s.seq, s.heads, s.head_size},
                        "the shape of k, [batch, seq, heads, head_size]");
     }
   }
   lin::check_f32(u, "u", 2);
-  lin::check_shape(u, "u", {s.heads, s.head_size}, "[heads, head_size] from k");
+  check_shape(u, "u", {s.heads, s.head_size}, "[heads, head_size] from k");
   lin::check_finite(w, "w");
   return s;
 }
@@ -83,7 +83,7 @@ void wkv4_backward(const TensorView& w, const TensorView& u, const TensorView& k
                    const TensorView& dv) {
   const cpu::Wkv4Dims s = check_wkv4(w, u, k, v, false);
   lin::check_f32(dy, "dy", 3);
-  lin::check_shape(dy, "dy", {s.batch, s.seq, s.channels}, "the shape of k");
+  check_shape(dy, "dy", {s.batch, s.seq, s.channels}, "the shape of k");
   const std::initializer_list<std::pair<const TensorView*, const char*>> inputs = {
       {&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}, {&dy, "dy"}};
   check_out(dw, "dw", {s.channels}, inputs);
@@ -148,7 +148,7 @@ void wkv6_backward(const TensorView& r, const TensorView& k, const TensorView& v
                    const TensorView& dv, const TensorView& dw, const TensorView& du) {
   const cpu::Wkv6Dims s = check_wkv6(r, k, v, w, u, false);
   lin::check_f32(dy, "dy", 4);
-  lin::check_shape(dy, "dy", {s.batch, s.seq, s.heads, s.head_size}, "the shape of k");
+  check_shape(dy, "dy", {s.batch, s.seq, s.heads, s.head_size}, "the shape of k");
   const std::initializer_list<std::pair<const TensorView*, const char*>> inputs = {
       {&r, "r"}, {&k, "k"}, {&v, "v"}, {&w, "w"}, {&u, "u"}, {&dy, "dy"}};
   for (auto [g, name] : {std::pair{&dr, "dr"}, {&dk, "dk"}, {&dv, "dv"}, {&dw, "dw"}})

@@ -30,27 +30,27 @@ cpu::ScanDims check_inputs(const ScanInputs& in, bool step) {
   if (s.state > kMaxState) throw Error(fmt::format("A: expected a state size N in 1..{}, given {}", kMaxState, s.state));
   const char* xs = step ? "the shape of x, [batch, channels]" : "the shape of x, [batch, seq, channels]";
   if (step) {
-    lin::check_shape(in.delta, "delta", {s.batch, s.channels}, xs);
-    lin::check_shape(in.B, "B", {s.batch, s.state}, "[batch, N] with N from A");
-    lin::check_shape(in.C, "C", {s.batch, s.state}, "[batch, N] with N from A");
+    check_shape(in.delta, "delta", {s.batch, s.channels}, xs);
+    check_shape(in.B, "B", {s.batch, s.state}, "[batch, N] with N from A");
+    check_shape(in.C, "C", {s.batch, s.state}, "[batch, N] with N from A");
   } else {
-    lin::check_shape(in.delta, "delta", {s.batch, s.seq, s.channels}, xs);
-    lin::check_shape(in.B, "B", {s.batch, s.seq, s.state}, "[batch, seq, N] with N from A");
-    lin::check_shape(in.C, "C", {s.batch, s.seq, s.state}, "[batch, seq, N] with N from A");
+    check_shape(in.delta, "delta", {s.batch, s.seq, s.channels}, xs);
+    check_shape(in.B, "B", {s.batch, s.seq, s.state}, "[batch, seq, N] with N from A");
+    check_shape(in.C, "C", {s.batch, s.seq, s.state}, "[batch, seq, N] with N from A");
   }
-  lin::check_shape(in.A, "A", {s.channels, s.state}, "[channels, N] with channels from x");
+  check_shape(in.A, "A", {s.channels, s.state}, "[channels, N] with channels from x");
   s.has_d = lin::given(in.D);
   s.has_z = lin::given(in.z);
   if (s.has_d) {
     lin::check_f32(in.D, "D", 1);
-    lin::check_shape(in.D, "D", {s.channels}, "[channels]");
+    check_shape(in.D, "D", {s.channels}, "[channels]");
   }
   if (s.has_z) {
     lin::check_f32(in.z, "z", nd);
     if (step) {
-      lin::check_shape(in.z, "z", {s.batch, s.channels}, xs);
+      check_shape(in.z, "z", {s.batch, s.channels}, xs);
     } else {
-      lin::check_shape(in.z, "z", {s.batch, s.seq, s.channels}, xs);
+      check_shape(in.z, "z", {s.batch, s.seq, s.channels}, xs);
     }
   }
   lin::check_finite(in.A, "A");
@@ -61,9 +61,9 @@ cpu::ScanDims check_inputs(const ScanInputs& in, bool step) {
 void check_out(const TensorView& out, const char* name, const ScanInputs& in, const cpu::ScanDims& s, bool step) {
   lin::check_f32(out, name, step ? 2 : 3);
   if (step) {
-    lin::check_shape(out, name, {s.batch, s.channels}, "the shape of x");
+    check_shape(out, name, {s.batch, s.channels}, "the shape of x");
   } else {
-    lin::check_shape(out, name, {s.batch, s.seq, s.channels}, "the shape of x");
+    check_shape(out, name, {s.batch, s.seq, s.channels}, "the shape of x");
   }
   lin::check_output(out, name, {{&in.x, "x"}, {&in.delta, "delta"}, {&in.A, "A"}, {&in.B, "B"}, {&in.C, "C"},
                                 {&in.D, "D"}, {&in.z, "z"}});
@@ -80,15 +80,15 @@ void selective_scan_forward(const ScanInputs& in, const TensorView& out) {
 void selective_scan_backward(const ScanInputs& in, const TensorView& dout, const ScanGrads& g) {
   const cpu::ScanDims s = check_inputs(in, false);
   lin::check_f32(dout, "dout", 3);
-  lin::check_shape(dout, "dout", {s.batch, s.seq, s.channels}, "the shape of x");
+  check_shape(dout, "dout", {s.batch, s.seq, s.channels}, "the shape of x");
   const std::pair<const TensorView*, const char*> shaped[] = {{&g.dx, "dx"}, {&g.ddelta, "ddelta"}};
   for (auto [t, name] : shaped) check_out(*t, name, in, s, false);
   lin::check_f32(g.dA, "dA", 2);
-  lin::check_shape(g.dA, "dA", {s.channels, s.state}, "the shape of A");
+  check_shape(g.dA, "dA", {s.channels, s.state}, "the shape of A");
   lin::check_f32(g.dB, "dB", 3);
-  lin::check_shape(g.dB, "dB", {s.batch, s.seq, s.state}, "the shape of B");
+  check_shape(g.dB, "dB", {s.batch, s.seq, s.state}, "the shape of B");
   lin::check_f32(g.dC, "dC", 3);
-  lin::check_shape(g.dC, "dC", {s.batch, s.seq, s.state}, "the shape of C");
+  check_shape(g.dC, "dC", {s.batch, s.seq, s.state}, "the shape of C");
   if (s.has_d != lin::given(g.dD)) {
     throw Error(fmt::format("dD: expected {} (D was {}given)", s.has_d ? "a gradient view" : "no view",
                             s.has_d ? "" : "not "));
@@ -99,7 +99,7 @@ void selective_scan_backward(const ScanInputs& in, const TensorView& dout, const
   }
   if (s.has_d) {
     lin::check_f32(g.dD, "dD", 1);
-    lin::check_shape(g.dD, "dD", {s.channels}, "the shape of D");
+    check_shape(g.dD, "dD", {s.channels}, "the shape of D");
   }
   if (s.has_z) check_out(g.dz, "dz", in, s, false);
   const TensorView* grads[] = {&g.dx, &g.ddelta, &g.dA, &g.dB, &g.dC, &g.dD, &g.dz};
