@@ -141,6 +141,8 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
     }
     const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
     p.dq_acc = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + delta_bytes);
+    // Hopper wgmma kernel for head_dim 64 and 128; the mma.sync one-pass kernel otherwise.
+    if (launch_flash_bwd_sm90(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
     if (launch_flash_bwd_atomic(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
     p.dq_acc = nullptr;
   }

@@ -55,6 +55,10 @@ void launch_flash_bwd(const FlashParams& p, bool is_bf16, int head_dim, bool cau
 // nothing, for a head_dim it does not take (it takes 64 and 128). Needs p.dq_acc.
 bool launch_flash_bwd_atomic(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_k,
                              void* stream);
+// The Hopper (wgmma + TMA) one-pass backward with dQ summed in f32 (flash_bwd_sm90.cu): false,
+// launching nothing, for a head_dim it does not take (it takes 64 and 128). Needs p.dq_acc.
+bool launch_flash_bwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_k,
+                           void* stream);
 // The Hopper (wgmma + TMA) forward (flash_fwd_sm90.cu): false, launching nothing, for a
 // head_dim it does not take (it takes 64 and 128).
 bool launch_flash_fwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_q,

@@ -1,6 +1,7 @@
 // Hopper (sm_90a) building blocks for the wgmma flash kernels: mbarriers, TMA tile loads
-// (cp.async.bulk.tensor) completing on them, wgmma shared-memory descriptors for tiles in the
-// 128-byte swizzle, the wgmma fences, and setmaxnreg. PTX ISA 8.x names in the comments.
+// (cp.async.bulk.tensor) completing on them and TMA reduce-adds, wgmma shared-memory
+// descriptors for tiles in the 128-byte swizzle, the wgmma fences, named barriers, the
+// async-proxy fence, and setmaxnreg. PTX ISA 8.x names in the comments.
 //
 // Shared tiles ("swizzled column blocks"): a tile of R rows × C 16-bit columns is stored as
 // C/64 column blocks, each R rows × 128 bytes, rows 128 bytes apart, with the 16-byte chunk c
@@ -95,6 +96,56 @@ template <int N, int M>
 __device__ __forceinline__ void fence_regs(uint32_t (&r)[N][M]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) fence_regs(r[i]);
+}
+
+// ---- shared memory by address ------------------------------------------------------------
+// Explicit st.shared / ld.shared for tiles addressed by smem_u32 (a pointer aligned through
+// uintptr_t loses its address space, and generic accesses cost an address conversion each).
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_f32(uint32_t addr, float v) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_v2_f32(uint32_t addr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
+}
+__device__ __forceinline__ float2 ld_shared_v2_f32(uint32_t addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
+  return v;
+}
+
+// ---- ordering between warps and proxies -------------------------------------------------
+// Named barrier `id` (1..15; 0 is __syncthreads) over `count` threads (a multiple of 32).
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Makes this thread's ordinary shared-memory stores visible to the async proxy (wgmma operands
+// read from shared memory, TMA stores and reductions); needed before the barrier that hands
+// such a tile to them.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// ---- TMA reduce-add (shared → global) -------------------------------------------------------
+// Adds a box of f32 values from shared memory into a 4-d tensor map's tile (coordinates
+// innermost first; elements outside the tensor are skipped), as one bulk group.
+__device__ __forceinline__ void tma_reduce_add_4d(const void* tmap, const void* src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          tmap),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's bulk groups still read their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Waits until at most N of this thread's bulk groups are still in flight (writes done).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 template <int kRegs>
