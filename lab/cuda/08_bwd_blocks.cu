@@ -34,8 +34,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // ds_t [128][64] f32 (values exactly bf16); out64 [2][64][128]: dQ columns from N = 64 products
 // at offsets 0 and 64; out32 [4][64][128]: from N = 32 products at offsets 0, 32, 64, 96 (each
 // run writes its own columns only).
-__global__ void __launch_bounds__(128) blocks_kernel(const __grid_constant__ Maps maps, const float* ds_t, float* out64,
-                                                     float* out32) {
+__global__ void __launch_bounds__(128)
+    blocks_kernel(const __grid_constant__ Maps maps, const float* ds_t, float* out64, float* out32) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* sK = base;                 // 2 blocks × 128 rows × 128 B
@@ -86,7 +86,8 @@ __global__ void __launch_bounds__(128) blocks_kernel(const __grid_constant__ Map
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) out64[blk * 64 * 128 + (r0 + 8 * (e / 2)) * 128 + blk * 64 + 8 * i + c0 + e % 2] = d[4 * i + e];
+      for (int e = 0; e < 4; ++e)
+        out64[blk * 64 * 128 + (r0 + 8 * (e / 2)) * 128 + blk * 64 + 8 * i + c0 + e % 2] = d[4 * i + e];
     if (blk == 0) {  // stage this tile (columns 0-63) for the reduce-add, the kernel's formula
       const uint32_t stage_addr = smem_u32(sdQ);
 #pragma unroll
@@ -116,7 +117,8 @@ __global__ void __launch_bounds__(128) blocks_kernel(const __grid_constant__ Map
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) out32[q * 64 * 128 + (r0 + 8 * (e / 2)) * 128 + off + 8 * i + c0 + e % 2] = d[4 * i + e];
+      for (int e = 0; e < 4; ++e)
+        out32[q * 64 * 128 + (r0 + 8 * (e / 2)) * 128 + off + 8 * i + c0 + e % 2] = d[4 * i + e];
   }
   fence_proxy_async();
   __syncthreads();
@@ -197,10 +199,12 @@ int main() {
   double e64 = 0, e32 = 0, eacc = 0;
   for (int blk = 0; blk < 2; ++blk)
     for (int q = 0; q < 64; ++q)
-      for (int d = blk * 64; d < blk * 64 + 64; ++d) e64 = fmax(e64, fabs(g64[blk * 64 * 128 + q * 128 + d] - ref[q * 128 + d]));
+      for (int d = blk * 64; d < blk * 64 + 64; ++d)
+        e64 = fmax(e64, fabs(g64[blk * 64 * 128 + q * 128 + d] - ref[q * 128 + d]));
   for (int j = 0; j < 4; ++j)
     for (int q = 0; q < 64; ++q)
-      for (int d = 32 * j; d < 32 * j + 32; ++d) e32 = fmax(e32, fabs(g32[j * 64 * 128 + q * 128 + d] - ref[q * 128 + d]));
+      for (int d = 32 * j; d < 32 * j + 32; ++d)
+        e32 = fmax(e32, fabs(g32[j * 64 * 128 + q * 128 + d] - ref[q * 128 + d]));
   // acc [row][head][col]: head 1, rows 40..99, columns 0..63 hold 2 × dQ rows 0..59; all else 0.
   int acc_bad = 0;
   for (int r = 0; r < acc_rows; ++r)

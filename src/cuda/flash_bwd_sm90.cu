@@ -3,21 +3,18 @@
 // causal become template arguments here (2 × 2 × 2 instantiations).
 #include <cstdint>
 
-#include "cuda/flash_bwd_atomic_sm80.cuh"
-#include "cuda/flash_bwd_sm80.cuh"
+#include "cuda/flash_bwd_atomic_sm80.cuh"  // flash_bwd_dq_convert_kernel
+#include "cuda/flash_bwd_sm80.cuh"  // flash_bwd_delta_kernel
 #include "cuda/flash_bwd_sm90.cuh"
 #include "cuda/launch_util.cuh"
 #include "cuda/tma_host_sm90.h"
 
-#include <cstdlib>
-#include <cstring>
-
 namespace attnkit::cuda {
 namespace {
 
-template <int kD, bool kBf16, bool kCausal, bool kDqTma>
+template <int kD, bool kBf16, bool kCausal>
 void run_bwd_sm90(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
-  using Tile = Sm90BwdTile<kD, kDqTma>;
+  using Tile = Sm90BwdTile<kD>;
   const int64_t rows = int64_t{p.batch} * p.seq_q * p.heads_q;
   flash_bwd_delta_kernel<kD, kBf16><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "flash_bwd_delta_kernel launch");
@@ -29,8 +26,8 @@ void run_bwd_sm90(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
       make_tile_map(p.dout, kBf16, kD, p.seq_q, p.heads_q, b, p.do_s.row, p.do_s.head, p.do_s.batch, Tile::kBM);
   maps.k = make_tile_map(p.k, kBf16, kD, p.seq_k, p.heads_kv, b, p.k_s.row, p.k_s.head, p.k_s.batch, Tile::kBN);
   maps.v = make_tile_map(p.v, kBf16, kD, p.seq_k, p.heads_kv, b, p.v_s.row, p.v_s.head, p.v_s.batch, Tile::kBN);
-  if (kDqTma) maps.dq_acc = make_f32_tile_map(p.dq_acc, kD, p.seq_q, p.heads_q, b, Tile::kBM);
-  auto kernel = flash_bwd_sm90_kernel<kD, kBf16, kCausal, kDqTma>;
+  maps.dq_acc = make_f32_tile_map(p.dq_acc, kD, p.seq_q, p.heads_q, b, Tile::kBM);
+  auto kernel = flash_bwd_sm90_kernel<kD, kBf16, kCausal>;
   allow_smem(kernel, Tile::kSmemBytes);
   // Key tiles first along x: causal tiles near the start see the most queries and start first.
   const dim3 grid((max_seq_k + Tile::kBN - 1) / Tile::kBN, p.heads_kv, p.num_seqs);
@@ -42,30 +39,16 @@ void run_bwd_sm90(const FlashParams& p, int max_seq_k, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "flash_bwd_dq_convert_kernel launch");
 }
 
-// LAB ONLY (lab/cuda 08): ATTNKIT_LAB_BWD=tma selects the TMA reduce-add variant.
-inline bool lab_tma() {
-  const char* v = std::getenv("ATTNKIT_LAB_BWD");
-  return v != nullptr && std::strcmp(v, "tma") == 0;
-}
-
 template <int kD, bool kBf16>
 void run_bwd_sm90(const FlashParams& p, bool causal, int max_seq_k, cudaStream_t stream) {
-  if (lab_tma()) {
-    if (causal) return run_bwd_sm90<kD, kBf16, true, true>(p, max_seq_k, stream);
-    return run_bwd_sm90<kD, kBf16, false, true>(p, max_seq_k, stream);
-  }
-  if (causal) return run_bwd_sm90<kD, kBf16, true, false>(p, max_seq_k, stream);
-  run_bwd_sm90<kD, kBf16, false, false>(p, max_seq_k, stream);
+  if (causal) return run_bwd_sm90<kD, kBf16, true>(p, max_seq_k, stream);
+  run_bwd_sm90<kD, kBf16, false>(p, max_seq_k, stream);
 }
 
 }  // namespace
 
 bool launch_flash_bwd_sm90(const FlashParams& p, bool is_bf16, int head_dim, bool causal, int max_seq_k,
                            void* stream) {
-  {  // LAB ONLY: ATTNKIT_LAB_BWD=sm80 takes the mma.sync one-pass kernel instead
-    const char* v = std::getenv("ATTNKIT_LAB_BWD");
-    if (v != nullptr && std::strcmp(v, "sm80") == 0) return false;
-  }
   auto s = static_cast<cudaStream_t>(stream);
   switch (head_dim) {
     case 64:

@@ -1,7 +1,7 @@
 // Flash attention backward on Hopper (sm_90a): TMA + wgmma, warp specialised, one pass over key
-// tiles with dQ summed in f32 (FlashAttention-2's Algorithm 2 in FlashAttention-3's structure,
-// Shah et al. 2024, §3 and appendix B). One CTA owns kBN = 128 keys of one KV head of one
-// sequence and walks the (query head of the group, query tile of kBM rows) steps:
+// tiles with dQ summed in f32 (FlashAttention-2's Algorithm 2, Dao 2023, laid out as
+// FlashAttention-3's backward, Shah et al. 2024). One CTA owns kBN = 128 keys of one KV head of
+// one sequence and walks the (query head of the group, query tile of kBM rows) steps:
 //   warpgroup 0, the producer: one warp; its lane 0 loads K and V once and each step's Q and dO
 //     tiles into a kStages-deep ring with TMA, its 32 lanes the step's lse·log2 e and delta
 //     (plain loads), each completing on the stage's "full" barriers;
@@ -11,12 +11,13 @@
 //       Pᵀ  = 2^(Sᵀ·scale·log2 e − lse·log2 e),  dSᵀ = Pᵀ ∘ (dPᵀ − delta)
 //       dV += Pᵀ dO,  dK += dSᵀ Q             (wgmma m64n{kD}k16, Pᵀ / dSᵀ from registers,
 //                                               dO / Q from shared memory transposed)
-//       dSᵀ → shared memory; barrier over both consumers;
+//       dSᵀ → shared memory (two buffers, alternate steps); barrier over both consumers;
 //       dQ  = dS K                              (wgmma m64n{kD/2}k16, dS and K both transposed
 //                                               in shared memory; each warpgroup one half of
 //                                               the columns of the kBM × kD tile)
-//     and adds dQ into the f32 accumulator dq_acc (workspace) with float4 atomics (kDqTma
-//     false) or through shared memory with a TMA reduce-add (kDqTma true).
+//     and adds dQ into the f32 accumulator dq_acc (workspace): the fragment goes to a shared
+//     staging tile, which one thread per warpgroup adds into dq_acc with TMA reduce-adds
+//     (cp.reduce.async.bulk.tensor; rows past the tensor are skipped).
 // The delta kernel (flash_bwd_sm80.cuh) zeroes dq_acc first; flash_bwd_dq_convert_kernel
 // scales it into dq. dQ's last bits depend on the order of the adds (not reproducible;
 // AttentionParams::deterministic selects flash_bwd_sm80.cuh).
@@ -38,10 +39,10 @@ namespace attnkit::cuda {
 
 struct Sm90BwdMaps {
   CUtensorMap q, k, v, dout;  // 4-d maps [B][S][H][D], boxes of 64 columns (tma_host_sm90.h)
-  CUtensorMap dq_acc;         // f32 [B][Sq][Hq][D], boxes of 32 columns × kBM rows (kDqTma only)
+  CUtensorMap dq_acc;         // f32 [B][Sq][Hq][D], boxes of 32 columns × kBM rows
 };
 
-template <int kD, bool kDqTma_>
+template <int kD>
 struct Sm90BwdTile {
   static constexpr int kBN = 128;                  // keys per CTA: two consumer warpgroups × 64
   // Queries per step. 128 at kD = 64 leaves ptxas short of registers (Sᵀ and dPᵀ at 64 each):
@@ -49,13 +50,12 @@ struct Sm90BwdTile {
   static constexpr int kBM = 64;
   static constexpr int kDqN = kD / 2;  // dQ columns per consumer warpgroup
   static constexpr int kStages = 2;
-  static constexpr bool kDqTma = kDqTma_;
   static constexpr int kThreads = 384;
   static constexpr int kBlocks = kD / 64;             // 64-column blocks of K, V, Q, dO
   static constexpr int kKVBytes = kBN * kD * 2;       // K or V
   static constexpr int kQBytes = kBM * kD * 2;        // Q or dO, one stage
   static constexpr int kDSBytes = kBN * kBM * 2;      // dSᵀ [kBN][kBM], one of two buffers
-  static constexpr int kDQBytes = kDqTma ? 2 * kBM * kDqN * 4 : 0;  // per warpgroup: m64 × kDqN f32
+  static constexpr int kDQBytes = 2 * kBM * kDqN * 4;  // dQ staging, per warpgroup m64 × kDqN f32
   static constexpr int kVecBytes = kStages * kBM * 4;             // lse·log2 e or delta
   static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
   static constexpr int kSmemBytes =
@@ -63,32 +63,11 @@ struct Sm90BwdTile {
   static_assert(kSmemBytes <= 227 * 1024, "Sm90BwdTile: shared memory");
 };
 
-// One step's dQ fragment (m64 × kN f32, rows = queries) added into dq_acc with float4 atomics:
-// lane pairs swap halves so that the even lane adds 4 adjacent columns of row r, the odd lane
-// of row r + 8. `row0` is the fragment's first row (within the sequence), `col0` its first column.
-template <int kD, int kN>
-__device__ __forceinline__ void dq_atomic_add(const FlashParams& p, const SeqInfo& si, int h, int row0, int col0,
-                                              const float (&dq)[kN / 2], int warp, int lane) {
-  const bool odd = lane & 1;
-  const int row = row0 + warp * 16 + lane / 4 + (odd ? 8 : 0);
-  const bool valid = row < si.nq;
-  float* g = p.dq_acc + ((int64_t{si.batch} * p.seq_q + si.q0 + row) * p.heads_q + h) * kD + col0 + 2 * (lane % 4) -
-             (odd ? 2 : 0);
-#pragma unroll
-  for (int i = 0; i < kN / 8; ++i) {
-    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
-    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
-    const float4 v =
-        odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3]) : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
-    if (valid) atomicAdd(reinterpret_cast<float4*>(g + 8 * i), v);
-  }
-}
-
-template <int kD, bool kBf16, bool kCausal, bool kDqTma>
+template <int kD, bool kBf16, bool kCausal>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90BwdMaps maps) {
   using T = Elem<kBf16>;
-  using Tile = Sm90BwdTile<kD, kDqTma>;
+  using Tile = Sm90BwdTile<kD>;
   constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sK = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -96,7 +75,7 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* sQ = sV + Tile::kKVBytes;            // [kStages][kBlocks][kBM][128 B]
   uint8_t* sdO = sQ + kStages * Tile::kQBytes;  // [kStages][kBlocks][kBM][128 B]
   uint8_t* sdS = sdO + kStages * Tile::kQBytes; // [2][kBM / 64][kBN][128 B]: dSᵀ, keys × queries
-  uint8_t* sdQ = sdS + 2 * Tile::kDSBytes;      // [2 warpgroups][2][64][128 B] f32 (kDqTma)
+  uint8_t* sdQ = sdS + 2 * Tile::kDSBytes;      // [2 warpgroups][kDqN / 32][kBM][128 B] f32
   float* sLse2 = reinterpret_cast<float*>(sdQ + Tile::kDQBytes);  // [kStages][kBM]
   float* sDelta = sLse2 + kStages * kBM;                          // [kStages][kBM]
   uint64_t* bars = reinterpret_cast<uint64_t*>(sDelta + kStages * kBM);
@@ -205,8 +184,8 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t lse2_addr = smem_u32(sLse2 + s * kBM + 2 * (lane % 4));
     const uint32_t delta_addr = smem_u32(sDelta + s * kBM + 2 * (lane % 4));
 
-    float st[kBM / 2];  // m64 × kBM: Sᵀ, then Pᵀ
-    float dpt[kBM / 2]; // m64 × kBM: dPᵀ, then dSᵀ
+    float st[kBM / 2];   // m64 × kBM: Sᵀ, then Pᵀ
+    float dpt[kBM / 2];  // m64 × kBM: dPᵀ, then dSᵀ
     mbar_wait(&full_q[s], ph);
     wgmma_fence();
 #pragma unroll
@@ -299,10 +278,8 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_commit();
 
     // dQ (m64 × kDqN of this warpgroup) = dS K over all kBN keys: both halves of dSᵀ needed.
-    if constexpr (kDqTma) {
-      // The staging tile must be free: the reduce-add of the last step has read it.
-      if (warp == 0 && lane == 0) bulk_wait_read<0>();
-    }
+    // This warpgroup's dQ staging tile must be free: the reduce-add of the last step has read it.
+    if (warp == 0 && lane == 0) bulk_wait_read<0>();
     fence_proxy_async();
     named_barrier_sync(1, 256);
     wgmma_fence();
@@ -325,19 +302,24 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(dk);
     fence_regs(pa);
     fence_regs(dsa);
-    if (lane == 0) mbar_arrive(&empty[s]);  // Q, dO, lse and delta of this stage are done
+    // Q, dO, lse and delta of this stage are done: the warp's reads of lse and delta are
+    // ordered before lane 0's release by the warp barrier.
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
 
-    if constexpr (kDqTma) {
-      // Staging tile [kDqN / 32 blocks of 32 columns][kBM rows][128 B], the 16-byte chunks of a
-      // row at chunk ^ (row % 8) (the map's 128-byte swizzle).
+    {
+      // dQ through shared memory: staging tile [kDqN / 32 blocks of 32 columns][kBM rows]
+      // [128 B], the 16-byte chunks of a row at chunk ^ (row % 8) (the map's 128-byte swizzle).
       const uint32_t stage_addr = smem_u32(sdQ + wg * (kDqN / 32) * kBM * 128);
 #pragma unroll
       for (int i = 0; i < kDqN / 8; ++i)
 #pragma unroll
         for (int r2 = 0; r2 < 2; ++r2) {
-          const int row = warp * 16 + lane / 4 + 8 * r2, chunk = 2 * (i % 4) + (lane % 4) / 2;  // row % 8 == lane / 4
-          st_shared_v2_f32(stage_addr + (i / 4) * kBM * 128 + row * 128 + ((chunk ^ (lane / 4)) * 16) + 8 * (lane % 2),
-                           dq[4 * i + 2 * r2], dq[4 * i + 2 * r2 + 1]);
+          const int row = warp * 16 + lane / 4 + 8 * r2;  // row % 8 == lane / 4
+          const int chunk = 2 * (i % 4) + (lane % 4) / 2;
+          st_shared_v2_f32(
+              stage_addr + (i / 4) * kBM * 128 + row * 128 + ((chunk ^ (lane / 4)) * 16) + 8 * (lane % 2),
+              dq[4 * i + 2 * r2], dq[4 * i + 2 * r2 + 1]);
         }
       fence_proxy_async();
       named_barrier_sync(2 + wg, 128);
@@ -348,13 +330,9 @@ __global__ void __launch_bounds__(384, 1)
           tma_reduce_add_4d(&maps.dq_acc, stage + j * kBM * 128, dq_col_off + 32 * j, si.q0 + m0, h, b);
         bulk_commit();
       }
-    } else {
-      dq_atomic_add<kD, kDqN>(p, si, h, m0, dq_col_off, dq, warp, lane);
     }
   }
-  if constexpr (kDqTma) {
-    if (warp == 0 && lane == 0) bulk_wait<0>();  // the last reduce-adds are done
-  }
+  if (warp == 0 && lane == 0) bulk_wait<0>();  // the last reduce-adds are done
 
   // Epilogue: dK = scale · dK; dK and dV straight from registers to global memory.
   T* gdK = static_cast<T*>(p.dk) + si.batch * p.dk_s.batch + si.k0 * p.dk_s.row + hk * p.dk_s.head;
