@@ -5,6 +5,9 @@ H·D = 2048). Per shape and variant: forward, forward + backward, and the backwa
 2.5·F / (t(f+b) − t(f)); same process, same tensors, interleaved rounds, medians.
 
 usage: 08_bench_variants.py LIB.so variant [variant ...]   (variant: sm90, tma, sm80)
+
+The ATTNKIT_LAB_BWD switch (sm90 = dQ by atomics, tma = dQ by TMA reduce-add, sm80 = the
+mma.sync kernel) lived only in the lab build of commit 1e60fd7; the promoted code has none.
 """
 import os
 import statistics

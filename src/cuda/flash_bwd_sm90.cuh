@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full_q[s], 1 + 32);  // the TMA thread's expect_tx, then each producer lane
       mbar_init(&full_do[s], 1 + 32);
-      mbar_init(&empty[s], 8);  // one arrival per consumer warp
+      mbar_init(&empty[s], 256);  // one arrival per consumer thread
     }
     fence_barrier_init();
   }
@@ -302,10 +302,9 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(dk);
     fence_regs(pa);
     fence_regs(dsa);
-    // Q, dO, lse and delta of this stage are done: the warp's reads of lse and delta are
-    // ordered before lane 0's release by the warp barrier.
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
+    // Q, dO, lse and delta of this stage are done. Every thread arrives: an arrival releases
+    // only its own thread's reads of lse and delta (racecheck flags a one-lane release).
+    mbar_arrive(&empty[s]);
 
     {
       // dQ through shared memory: staging tile [kDqN / 32 blocks of 32 columns][kBM rows]
