@@ -5,11 +5,13 @@
 //   2. Sliding-window decoder: KV-cache bytes against context length (flat beyond the window).
 //   3. Exact decoder at a 32768-token context: per-token latency against the decode cost model
 //      (KV bytes + weight bytes) / measured bandwidth.
+//   4. Linear-attention decoder: per-token latency at contexts up to 32768 (flat: constant state).
 //
 //   bench_decode [--ctx 32768] [--page-size 64] [--json out.json] [--skip-model]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -148,6 +150,42 @@ nlohmann::json decoder_latency(const Options& o, double memcpy_gbps) {
           {"pass", ratio <= 1.5}};
 }
 
+// Bar 4: per-token latency of the linear-attention decoder ("small-linear") as the context grows
+// to 32768 tokens: its state has a constant size, so the latency should stay flat.
+nlohmann::json linear_latency(const Options& o) {
+  const model::Decoder m = model::Decoder::random(model::preset("small-linear"), 9);
+  KVCache cache(m.cache_config(0, o.page_size));
+  const SeqId ids[] = {m.add_sequence(cache)};
+  std::mt19937 rng(5);
+  const std::vector<int64_t> ctxs = {1024, 4096, 16384, o.ctx};
+  nlohmann::json rows = nlohmann::json::array();
+  fmt::print("\n[bar] linear-attention decoder 'small-linear' per-token latency against context\n");
+  fmt::print("{:>8} {:>10} {:>10} {:>12}\n", "context", "p50 ms", "min ms", "state KiB");
+  std::vector<double> p50;
+  for (int64_t ctx : ctxs) {
+    std::vector<int32_t> toks;
+    for (int64_t at = cache.length(ids[0]); at < ctx - 1; ++at) toks.push_back(static_cast<int32_t>(rng() % 4096));
+    for (size_t t = 0; t < toks.size(); t += 2048)
+      m.forward(cache, ids, std::span(toks).subspan(t, std::min<size_t>(2048, toks.size() - t)));
+    std::vector<double> lat;
+    for (int i = 0; i < 15; ++i) {  // each step decodes at ctx, ctx + 1, ...: the state does not care
+      const int32_t tok[] = {static_cast<int32_t>(rng() % 4096)};
+      lat.push_back(measure::time_median([&] { m.forward(cache, ids, tok); }, 0, 1, 0.0).median_s);
+    }
+    std::sort(lat.begin(), lat.end());
+    p50.push_back(lat[lat.size() / 2]);
+    fmt::print("{:>8} {:>10.3f} {:>10.3f} {:>12.1f}\n", ctx, p50.back() * 1e3, lat.front() * 1e3,
+               cache.bytes_in_use() / 1024.0);
+    rows.push_back({{"context", ctx}, {"p50_ms", p50.back() * 1e3}, {"min_ms", lat.front() * 1e3},
+                    {"state_bytes", cache.bytes_in_use()}});
+  }
+  const double growth = p50.back() / p50.front();
+  const bool flat = growth <= 1.25;
+  fmt::print("per-token latency at {} over at 1024 tokens: {:.2f} (flat within 25%: {})\n", ctxs.back(), growth,
+             flat ? "pass" : "FAIL");
+  return {{"rows", rows}, {"growth", growth}, {"pass", flat}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -172,6 +210,7 @@ int main(int argc, char** argv) {
     if (!o.skip_model) {
       j["window_memory"] = window_memory();
       j["decoder_latency"] = decoder_latency(o, bw);
+      j["linear_latency"] = linear_latency(o);
     }
     j["memcpy_gbps_after"] = measure::memcpy_gbps();
     fmt::print("memcpy bandwidth again at the end: {:.1f} GB/s\n", j["memcpy_gbps_after"].get<double>());

@@ -158,4 +158,22 @@ TEST(Cli, BenchWritesCsvAndJsonWithErrors) {
   EXPECT_NE(r.err.find("bench ["), std::string::npos);  // the progress bar
 }
 
+TEST(Cli, ServeBenchPlotsEveryVariant) {
+  const fs::path json = scratch() / "serve.json", prefix = scratch() / "serve";
+  const Result r = run("serve-bench --preset tiny --variants exact,window,linear --window 8 --ctx 16,64 --new 4 "
+                       "--page-size 4 --prefill-chunk 16 --json " + json.string() + " --plot " + prefix.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(slurp(json));
+  ASSERT_EQ(j["points"].size(), 6u);
+  for (const auto& p : j["points"]) {
+    EXPECT_GT(p["token_p50_ms"].get<double>(), 0.0);
+    EXPECT_GT(p["kv_bytes"].get<double>(), 0.0);
+  }
+  for (const fs::path& stem : {prefix, fs::path(prefix.string() + "_memory")}) {
+    EXPECT_TRUE(fs::file_size(stem.string() + ".png") > 1000);
+    EXPECT_NE(slurp(stem.string() + ".svg").find("context length (tokens)"), std::string::npos) << stem;
+  }
+  expect_refused("serve-bench --variants rwkv9", "rwkv9");
+}
+
 }  // namespace

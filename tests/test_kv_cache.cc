@@ -179,6 +179,41 @@ TEST(KVCache, TruncateAndAppendAllLayers) {
   EXPECT_EQ(c.used_pages(), 1);
 }
 
+TEST(KVCache, RecurrentStateOnlyCache) {
+  KVCacheConfig cfg{.num_layers = 2, .heads_kv = 2, .head_dim = kD, .page_size = 4, .num_pages = 0,
+                    .state_floats = 5};
+  KVCache c(cfg);
+  const SeqId s = c.add_sequence();
+  EXPECT_EQ(c.bytes_in_use(), 2 * 5 * 4);
+  for (float x : c.state(s, 1)) EXPECT_EQ(x, 0.0f);
+  c.state(s, 1)[3] = 2.5f;
+  EXPECT_EQ(c.grow(s, 1000), 0);  // positions are counted, no pages are taken
+  EXPECT_EQ(c.length(s), 1000);
+  EXPECT_EQ(c.bytes_in_use(), 2 * 5 * 4);
+  const SeqId f = c.fork(s);  // the state is copied with the sequence
+  EXPECT_EQ(c.state(f, 1)[3], 2.5f);
+  c.state(f, 1)[3] = 1.0f;
+  EXPECT_EQ(c.state(s, 1)[3], 2.5f);
+  EXPECT_EQ(c.bytes_in_use(), 2 * 2 * 5 * 4);
+  EXPECT_THROW(c.fork(s, 10), Error);      // an earlier position's state is not kept
+  EXPECT_THROW(c.truncate(s, 10), Error);  // likewise
+  c.truncate(s, 1000);                     // to its own length: nothing changes
+  EXPECT_EQ(c.state(s, 1)[3], 2.5f);
+  c.truncate(s, 0);  // back to empty: the state is zero again
+  EXPECT_EQ(c.state(s, 1)[3], 0.0f);
+  EXPECT_THROW(c.state(s, 2), Error);
+  std::mt19937_64 rng(test_seed());
+  Rows r(1, rng);
+  c.grow(s, 1);
+  EXPECT_THROW(c.write(s, 0, 0, r.kv(0), r.kv(1)), Error);  // no keys or values in this cache
+  const SeqId ids[] = {s};
+  EXPECT_THROW(plan_decode(c, ids, 1, 2), Error);
+  KVCache paged(config(4));
+  EXPECT_THROW(paged.state(paged.add_sequence(), 0), Error);  // no state in a cache without state_floats
+  cfg.state_floats = -1;
+  EXPECT_THROW(KVCache{cfg}, Error);
+}
+
 TEST(KVCache, ValidatesArguments) {
   std::mt19937_64 rng(test_seed());
   auto bad = [](KVCacheConfig cfg) { EXPECT_THROW(KVCache{cfg}, Error); };

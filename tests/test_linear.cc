@@ -129,6 +129,13 @@ TEST_P(Linear, StepsEqualCausalForward) {
   std::vector<double> ref(full.numel());
   for (int64_t i = 0; i < full.numel(); ++i) ref[i] = full.get(i);
   expect_close(stepped, ref, tolerance(c.dtype, false), c.name + " steps");
+
+  // The same steps on a state the caller keeps (KVCache::state in a decoder).
+  HostTensor outside(c.dtype, {c.B, c.Nq, c.Hq, c.D});
+  outside.poison();
+  std::vector<float> st(static_cast<size_t>(linear_state_floats(c.B, c.Hkv, c.D, in.p)), 0.0f);
+  for (int64_t s = 0; s < c.Nq; ++s) linear_step(st, in.p, at(in.q, s), at(in.k, s), at(in.v, s), at(outside, s));
+  expect_close(outside, ref, tolerance(c.dtype, false), c.name + " steps on a caller's state");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Linear, ::testing::ValuesIn(cases()),
@@ -221,6 +228,9 @@ TEST(Linear, BadArgumentsThrow) {
   expect_error([&] { linear_step(st, t.view, t3.view, t3.view, o.view); }, "k: expected shape");
   expect_error([&] { linear_step(st, t3.view, t.view, t2.view, t3.view); }, "q: expected a multiple");
   expect_error([&] { linear_step(st, t.view, t.view, t2.view, t.view); }, "out: expected memory disjoint");
+  std::vector<float> small(7);
+  expect_error([&] { linear_step(small, {}, t.view, t.view, t.view, o.view); }, "state: expected");
+  expect_error([] { linear_state_floats(1, 0, 16, {}); }, "expected batch, heads_kv, head_dim >= 1");
   EXPECT_EQ(st.tokens(), 0);
 }
 

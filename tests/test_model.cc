@@ -255,6 +255,48 @@ TEST(Decoder, FullPoolThrowsAndLeavesSequencesUnchanged) {
   EXPECT_EQ(cache.free_pages(), 1);
 }
 
+// Linear attention as the mixer: the recurrent state is advanced token by token and kept in the
+// cache (KVCache::state), so a step's logits equal a whole-sequence pass, chunked prefill and
+// forks agree, and the cache's memory does not grow with the context.
+TEST(Decoder, LinearMixerCarriesConstantState) {
+  std::mt19937_64 rng(test_seed());
+  DecoderConfig cfg = model::preset("tiny");
+  cfg.mixer = model::Mixer::linear;
+  const Decoder m = Decoder::random(cfg, rng());
+  const std::vector<int32_t> prompt = random_tokens(19, cfg.vocab, rng);
+  KVCache cache(m.cache_config(64, 4));
+  EXPECT_EQ(cache.config().num_pages, 0);
+  const SeqId a[] = {m.add_sequence(cache)}, b[] = {m.add_sequence(cache)};
+  const std::vector<float> one = m.forward(cache, a, prompt, true);
+  const int64_t bytes_after_prompt = cache.bytes_in_use();
+  std::vector<float> stepped;
+  for (int32_t t : prompt) {
+    const int32_t tok[] = {t};
+    const std::vector<float> l = m.forward(cache, b, tok);
+    stepped.insert(stepped.end(), l.begin(), l.end());
+  }
+  EXPECT_LT(rel_diff(stepped, one), kRecomputeTol);
+  for (float x : one) ASSERT_TRUE(std::isfinite(x));
+  // A fork continues exactly as the sequence it came from.
+  const SeqId f[] = {cache.fork(a[0])};
+  const int32_t next[] = {3};
+  const std::vector<float> from_fork = m.forward(cache, f, next), from_parent = m.forward(cache, a, next);
+  EXPECT_EQ(from_fork, from_parent);
+  // Memory: the state of each live sequence, whatever the context.
+  cache.remove_sequence(f[0]);
+  for (int i = 0; i < 40; ++i) m.forward(cache, a, next);
+  EXPECT_EQ(cache.bytes_in_use(), bytes_after_prompt);
+  EXPECT_EQ(cache.length(a[0]), 19 + 41);
+  // Mismatched caches are refused.
+  KVCache paged({.num_layers = cfg.layers, .heads_kv = cfg.heads_kv, .head_dim = cfg.head_dim, .page_size = 4,
+                 .num_pages = 8});
+  const SeqId p[] = {paged.add_sequence()};
+  EXPECT_THROW(m.forward(paged, p, next), Error);
+  const Decoder exact = Decoder::random(model::preset("tiny"), 1);
+  EXPECT_THROW(exact.forward(cache, a, next), Error);
+  EXPECT_EQ(model::decode_cost(m, 100).kv_bytes, model::decode_cost(m, 100000).kv_bytes);
+}
+
 TEST(Decoder, ValidatesArguments) {
   std::mt19937_64 rng(test_seed());
   EXPECT_THROW(model::preset("huge"), Error);

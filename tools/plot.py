@@ -4,6 +4,7 @@
     plot.py bench   bench.json   out/bench     -> out/bench.png, out/bench.svg
     plot.py profile profile.json out/profile   -> out/profile{,_crossover}.{png,svg}
     plot.py cost    cost.json    out/cost      -> out/cost{,_memory}.{png,svg}
+    plot.py serve   serve.json   out/serve     -> out/serve{,_memory}.{png,svg}
 
 Each figure's axis names are written as SVG text and as PNG metadata (Description), so tests
 can check that a plot names its axes.
@@ -119,12 +120,38 @@ def cost(data, prefix):
         save(fig, ax, prefix + suffix)
 
 
+def serve(data, prefix):
+    series = {}
+    for p in data["points"]:
+        series.setdefault(p["variant"], []).append(p)
+    for key, ylabel, suffix in (("token_p50_ms", "per-token latency, median (ms)", ""),
+                                ("kv_bytes", "KV-cache bytes in use", "_memory")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, pts in sorted(series.items()):
+            pts.sort(key=lambda r: r["ctx"])
+            ax.plot([r["ctx"] for r in pts], [r[key] for r in pts], "o-", label=variant)
+            if key == "token_p50_ms":
+                ax.plot([r["ctx"] for r in pts], [r["predicted_ms"] for r in pts], ":", color="gray", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        what = "latency (dotted: cost model)" if key == "token_p50_ms" else "KV memory"
+        ax.set_title(f"decoder {what} against context, per attention variant")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, ax, prefix + suffix)
+
+
+KINDS = {"bench": bench, "profile": profile, "cost": cost, "serve": serve}
+
+
 def main():
-    if len(sys.argv) != 4 or sys.argv[1] not in ("bench", "profile", "cost"):
-        sys.exit("usage: plot.py bench|profile|cost DATA.json OUT_PREFIX")
+    if len(sys.argv) != 4 or sys.argv[1] not in KINDS:
+        sys.exit("usage: plot.py " + "|".join(KINDS) + " DATA.json OUT_PREFIX")
     with open(sys.argv[2]) as f:
         data = json.load(f)
-    {"bench": bench, "profile": profile, "cost": cost}[sys.argv[1]](data, sys.argv[3])
+    KINDS[sys.argv[1]](data, sys.argv[3])
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 // attnkit serve-bench: serving latency and memory of the decoder per attention variant.
-//   attnkit serve-bench [--preset small] [--variants exact,window] [--window 1024]
+//   attnkit serve-bench [--preset small] [--variants exact,window,linear] [--window 1024]
 //                       [--ctx 512,2048,8192] [--new 32] [--page-size 64] [--prefill-chunk 512]
-//                       [--kv-dtype f32] [--int8] [--json out.json] [--csv out.csv]
+//                       [--kv-dtype f32] [--int8] [--json out.json] [--csv out.csv] [--plot prefix]
 // Per (variant, context): a random prompt of ctx tokens is prefilled in chunks, then --new
 // tokens are generated greedily. Reports time to first token (prefill + first sample), per-token
 // latency median and p99, decode tokens/s, KV-cache bytes, and the decode cost model's
-// prediction (kv_cache.h) from the memcpy bandwidth measured at the start. Plots: the CLI's
-// plotting helper lives on another branch; this writes JSON and CSV for it.
+// prediction (kv_cache.h) from the memcpy bandwidth measured at the start. --plot draws latency
+// and KV bytes against context per variant (tools/plot.py serve) from the --json file.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -20,13 +20,14 @@
 #include "attnkit/attnkit.h"
 #include "core/measure.h"
 #include "tools/commands.h"
+#include "tools/common.h"
 
 namespace attnkit::tools {
 namespace {
 
 struct ServeOptions {
-  std::string preset = "small", kv_dtype = "f32", json, csv;
-  std::vector<std::string> variants = {"exact", "window"};
+  std::string preset = "small", kv_dtype = "f32", json, csv, plot;
+  std::vector<std::string> variants = {"exact", "window", "linear"};
   std::vector<int64_t> ctxs = {512, 2048, 8192};
   int64_t window = 1024, new_tokens = 32, page_size = 64, prefill_chunk = 512;
   bool int8 = false;
@@ -52,10 +53,8 @@ void run_serve_bench(const ServeOptions& o) {
     if (o.kv_dtype == to_string(t)) kv = t, found = true;
   if (!found) throw Error(fmt::format("--kv-dtype: expected f32, bf16, f16 or int8, given '{}'", o.kv_dtype));
   for (const auto& v : o.variants)
-    if (v != "exact" && v != "window") {
-      throw Error(fmt::format("--variants: expected exact or window (linear attention, scan and RWKV decoders come "
-                              "from another branch), given '{}'",
-                              v));
+    if (v != "exact" && v != "window" && v != "linear") {
+      throw Error(fmt::format("--variants: expected exact, window or linear, given '{}'", v));
     }
 
   const double bw = measure::memcpy_gbps();
@@ -76,6 +75,9 @@ void run_serve_bench(const ServeOptions& o) {
     if (variant == "window") {
       cfg.mixer = model::Mixer::sliding_window;
       cfg.window = o.window;
+    } else if (variant == "linear") {
+      cfg.mixer = model::Mixer::linear;
+      cfg.window = 0;
     } else {
       cfg.mixer = model::Mixer::exact;
       cfg.window = 0;
@@ -124,6 +126,11 @@ void run_serve_bench(const ServeOptions& o) {
     f << j.dump(2) << "\n";
     fmt::print("wrote {}\n", o.json);
   }
+  if (!o.plot.empty()) {
+    if (o.json.empty()) throw Error("--plot: needs --json (the plot is drawn from it)");
+    plot("serve", o.json, o.plot);
+    fmt::print("wrote {}.png, {}_memory.png and their .svg\n", o.plot, o.plot);
+  }
 }
 
 }  // namespace
@@ -131,8 +138,8 @@ void run_serve_bench(const ServeOptions& o) {
 void register_serve_bench(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve-bench", "decoder latency, throughput and KV memory against context length");
-  cmd->add_option("--preset", o->preset, "tiny, small or small-window");
-  cmd->add_option("--variants", o->variants, "exact, window")->delimiter(',');
+  cmd->add_option("--preset", o->preset, "tiny or small (the shapes; --variants picks the mixer)");
+  cmd->add_option("--variants", o->variants, "exact, window, linear")->delimiter(',');
   cmd->add_option("--window", o->window, "window of the window variant");
   cmd->add_option("--ctx", o->ctxs, "context (prompt) lengths")->delimiter(',');
   cmd->add_option("--new", o->new_tokens, "tokens generated per point");
@@ -142,6 +149,7 @@ void register_serve_bench(CLI::App& app) {
   cmd->add_flag("--int8", o->int8, "int8 weight-only linear layers");
   cmd->add_option("--json", o->json, "write the results as JSON");
   cmd->add_option("--csv", o->csv, "write the results as CSV");
+  cmd->add_option("--plot", o->plot, "path prefix of latency and memory plots against context (.png and .svg)");
   cmd->callback([o] { run_serve_bench(*o); });
 }
 

@@ -44,6 +44,11 @@ struct KVCacheConfig {
   int64_t page_size = 16;  // tokens per page
   int64_t num_pages = 0;   // pages in the pool, allocated once
   KVDType dtype = KVDType::f32;
+  // Recurrent mixers (a linear-attention decoder): floats of constant-size state that every
+  // sequence carries per layer, zero for an empty sequence (state()). With num_pages = 0 the
+  // cache holds such state only: grow() then just counts positions and no keys or values are
+  // stored.
+  int64_t state_floats = 0;
 };
 
 using SeqId = int64_t;
@@ -88,11 +93,18 @@ class KVCache {
   int64_t free_pages() const;
   int64_t used_pages() const { return config_.num_pages - free_pages(); }
   int64_t page_bytes() const { return page_bytes_; }
-  int64_t bytes_in_use() const { return used_pages() * page_bytes_; }
+  // Pages in use plus the recurrent state of the live sequences.
+  int64_t bytes_in_use() const;
   // Pages a sequence references (shared ones included).
   int64_t sequence_pages(SeqId seq) const;
   // Reference count of a physical page: how many sequences hold it.
   int32_t page_refs(int32_t page) const;
+
+  // The recurrent state of one layer of seq, config().state_floats floats. A sequence with
+  // state can be forked only at its full length and truncated only to its length or to 0 (which
+  // zeroes the state): the state of an earlier position is not kept.
+  std::span<float> state(SeqId seq, int64_t layer);
+  std::span<const float> state(SeqId seq, int64_t layer) const;
 
   // Access for the kernels. Logical page i of seq (first_page(seq) <= i < end) is physical page
   // page_table(seq)[i − first_page(seq)].
@@ -117,7 +129,11 @@ class KVCache {
   KVCacheConfig config_;
   int64_t page_bytes_ = 0;
   int64_t block_elems_ = 0;  // page_size · head_dim
-  std::unique_ptr<uint8_t[], void (*)(void*)> pool_;
+  struct PoolFree {
+    size_t bytes = 0;
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t[], PoolFree> pool_;
   std::vector<float> scales_;  // int8: [num_pages][layers][2][heads_kv]
   std::vector<int32_t> refs_;  // per physical page
   std::vector<int32_t> free_;  // free physical pages (a stack)

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "attnkit/tensor.h"
@@ -103,6 +104,13 @@ class LinearState {
 // One token: q, out : [B, Hq, D]; k, v : [B, Hkv, D]. Adds (k, v) to the state, then attends.
 void linear_step(LinearState& state, const TensorView& q, const TensorView& k, const TensorView& v,
                  const TensorView& out);
+
+// The same step on a state the caller keeps (a decoder's per-sequence cache, KVCache::state):
+// S : [B, Hkv, F, D] then z : [B, Hkv, F], linear_state_floats(B, Hkv, D, params) floats, all
+// zero for the empty prefix. B, Hkv and D are read from k. params.causal is implied.
+int64_t linear_state_floats(int64_t batch, int64_t heads_kv, int64_t head_dim, const LinearAttentionParams& params);
+void linear_step(std::span<float> state, const LinearAttentionParams& params, const TensorView& q, const TensorView& k,
+                 const TensorView& v, const TensorView& out);
 
 // FLOPs of the forward pass (multiply-add = 2), counting only what the math needs: the
 // feature-space products 4·N·F·D per head plus, when causal, the within-chunk pairs

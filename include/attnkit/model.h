@@ -24,11 +24,13 @@
 namespace attnkit::model {
 
 // How a layer mixes information across positions. Every kind here supports causal decoding
-// with per-sequence state; exact and sliding-window attention keep that state in the KV cache.
-// Extension point: linear attention, the selective scan and RWKV (built on another branch)
-// become further kinds whose state is a constant-size recurrent state per sequence instead of
-// cache pages; Decoder::mix (src/model/decoder.cc) is the one place that dispatches on it.
-enum class Mixer : uint8_t { exact, sliding_window };
+// with per-sequence state: exact and sliding-window attention keep keys and values in the KV
+// cache's pages; linear attention (elu + 1 features, linear.h) keeps a constant-size recurrent
+// state per sequence and layer (KVCache::state), so its per-token cost and memory do not grow
+// with the context. Linear layers apply no rotary embedding: order reaches them through the
+// causal recurrence. Decoder::forward (src/model/decoder.cc) is the one place that dispatches
+// on the mixer; the selective scan and RWKV would be further kinds of the same recurrent shape.
+enum class Mixer : uint8_t { exact, sliding_window, linear };
 const char* to_string(Mixer m);
 
 struct DecoderConfig {
@@ -45,7 +47,8 @@ struct DecoderConfig {
 };
 
 // Named configurations: "tiny" (tests), "small" (about 16M parameters, the benchmarks'
-// decoder), "small-window" (the same with a 1024-token sliding window).
+// decoder), "small-window" (the same with a 1024-token sliding window), "small-linear" (the
+// same with linear attention).
 DecoderConfig preset(const std::string& name);
 void validate(const DecoderConfig& c);
 // Parameters of the decoder's linear layers, embedding and norms.
@@ -84,7 +87,8 @@ class Decoder {
   // Bytes of weights one decode step reads (linear layers, norms, one embedding row).
   int64_t weight_bytes_per_token() const;
 
-  // A cache that fits this decoder, and a sequence in it with the decoder's window.
+  // A cache that fits this decoder, and a sequence in it with the decoder's window. With the
+  // linear mixer the cache holds recurrent state only (num_pages 0, whatever is asked).
   KVCacheConfig cache_config(int64_t num_pages, int64_t page_size = 16, KVDType dtype = KVDType::f32) const;
   SeqId add_sequence(KVCache& cache) const;
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "attnkit/error.h"
+#include "core/big_alloc.h"
 #include "core/problem.h"
 
 namespace attnkit {
@@ -45,6 +46,7 @@ struct KVCache::Seq {
   int64_t length = 0;
   int64_t first_page = 0;      // logical index of pages[0]
   std::vector<int32_t> pages;  // physical pages of logical pages first_page, first_page + 1, ...
+  std::vector<float> state;    // [layers][state_floats], recurrent mixers only
 };
 
 namespace {
@@ -57,7 +59,12 @@ void check_config(const KVCacheConfig& c) {
   positive(c.heads_kv, "heads_kv", 4096);
   positive(c.head_dim, "head_dim", 256);
   positive(c.page_size, "page_size", 1 << 16);
-  positive(c.num_pages, "num_pages", int64_t{1} << 30);
+  if (c.state_floats < 0 || c.state_floats > (int64_t{1} << 30)) {
+    throw Error(fmt::format("config.state_floats: expected 0..{}, given {}", int64_t{1} << 30, c.state_floats));
+  }
+  if (c.num_pages != 0 || c.state_floats == 0) {  // a state-only cache has no pages
+    positive(c.num_pages, "num_pages", int64_t{1} << 30);
+  }
   if (c.dtype > KVDType::int8) {
     throw Error(fmt::format("config.dtype: expected f32, bf16, f16 or int8, given value {}", static_cast<int>(c.dtype)));
   }
@@ -67,6 +74,13 @@ void check_config(const KVCacheConfig& c) {
   if (bytes > static_cast<double>(int64_t{1} << 46)) {
     throw Error(fmt::format("config: a pool of {} pages needs {:.3g} bytes, beyond what attnkit addresses (64 TiB)",
                             c.num_pages, bytes));
+  }
+}
+
+// write, read and append need the pages that a state-only cache does not have.
+void require_pages(const KVCacheConfig& c, const char* fn) {
+  if (c.num_pages == 0) {
+    throw Error(fmt::format("{}: this cache holds recurrent state only (num_pages = 0), no keys or values", fn));
   }
 }
 
@@ -102,13 +116,18 @@ TensorView drop_first(const TensorView& t, int64_t i) {
 
 }  // namespace
 
-KVCache::KVCache(const KVCacheConfig& config) : config_(config), pool_(nullptr, std::free) {
+void KVCache::PoolFree::operator()(uint8_t* p) const { detail::free_zeroed(p, bytes); }
+
+KVCache::KVCache(const KVCacheConfig& config) : config_(config), pool_(nullptr, PoolFree{}) {
   check_config(config_);
   block_elems_ = config_.page_size * config_.head_dim;
   const int64_t blocks = config_.num_layers * 2 * config_.heads_kv;
   page_bytes_ = blocks * block_elems_ * kv_dtype_size(config_.dtype);
-  // calloc: the pool is zero and only the pages that are written become resident.
-  pool_.reset(static_cast<uint8_t*>(std::calloc(static_cast<size_t>(config_.num_pages), static_cast<size_t>(page_bytes_))));
+  // Zeroed, on huge pages where the OS offers them; only the pages written become resident.
+  // num_pages · page_bytes cannot overflow: check_config bounds the pool's size.
+  const size_t pool_bytes = static_cast<size_t>(config_.num_pages) * static_cast<size_t>(page_bytes_);
+  pool_ = std::unique_ptr<uint8_t[], PoolFree>(static_cast<uint8_t*>(detail::allocate_zeroed(pool_bytes)),
+                                               PoolFree{pool_bytes});
   if (!pool_) {
     throw Error(fmt::format("config.num_pages: could not allocate {} pages of {} bytes", config_.num_pages, page_bytes_));
   }
@@ -146,6 +165,28 @@ int64_t KVCache::sequence_pages(SeqId seq) const {
   return static_cast<int64_t>(seq_ref(seq, "KVCache::sequence_pages").pages.size());
 }
 int64_t KVCache::free_pages() const { return static_cast<int64_t>(free_.size()); }
+int64_t KVCache::bytes_in_use() const {
+  int64_t live = 0;
+  for (const auto& s : seqs_) live += s != nullptr;
+  return used_pages() * page_bytes_ + live * config_.num_layers * config_.state_floats * int64_t{4};
+}
+
+std::span<float> KVCache::state(SeqId seq, int64_t layer) {
+  const std::span<const float> s = static_cast<const KVCache*>(this)->state(seq, layer);
+  return {const_cast<float*>(s.data()), s.size()};
+}
+
+std::span<const float> KVCache::state(SeqId seq, int64_t layer) const {
+  const Seq& s = seq_ref(seq, "KVCache::state");
+  if (config_.state_floats == 0) {
+    throw Error("KVCache::state: this cache carries no recurrent state (create it with config.state_floats > 0)");
+  }
+  if (layer < 0 || layer >= config_.num_layers) {
+    throw Error(fmt::format("KVCache::state: layer: expected 0..{}, given {}", config_.num_layers - 1, layer));
+  }
+  return std::span<const float>(s.state).subspan(static_cast<size_t>(layer * config_.state_floats),
+                                                 static_cast<size_t>(config_.state_floats));
+}
 int32_t KVCache::page_refs(int32_t page) const {
   if (page < 0 || page >= config_.num_pages) {
     throw Error(fmt::format("KVCache::page_refs: page: expected 0..{}, given {}", config_.num_pages - 1, page));
@@ -157,6 +198,7 @@ SeqId KVCache::add_sequence(int64_t window) {
   if (window < 0) throw Error(fmt::format("KVCache::add_sequence: window: expected >= 0 (0 keeps all), given {}", window));
   auto s = std::make_unique<Seq>();
   s->window = window;
+  s->state.assign(static_cast<size_t>(config_.num_layers * config_.state_floats), 0.0f);
   seqs_.push_back(std::move(s));
   return static_cast<SeqId>(seqs_.size() - 1);
 }
@@ -169,12 +211,18 @@ SeqId KVCache::fork(SeqId parent, int64_t prefix_len) {
     throw Error(fmt::format("KVCache::fork: prefix_len: expected -1 or {}..{} (the positions sequence {} holds), given {}",
                             lo, p.length, parent, prefix_len));
   }
+  if (config_.state_floats > 0 && prefix_len != p.length) {
+    throw Error(fmt::format("KVCache::fork: prefix_len: a sequence with recurrent state forks at its full length {} "
+                            "only (the state of an earlier position is not kept), given {}",
+                            p.length, prefix_len));
+  }
   auto s = std::make_unique<Seq>();
   s->window = p.window;
   s->length = prefix_len;
+  s->state = p.state;
   s->first_page = p.first_page;
   const int64_t end_page = (prefix_len + config_.page_size - 1) / config_.page_size;
-  const int64_t n = std::max<int64_t>(0, end_page - p.first_page);
+  const int64_t n = std::clamp<int64_t>(end_page - p.first_page, 0, static_cast<int64_t>(p.pages.size()));
   s->pages.assign(p.pages.begin(), p.pages.begin() + n);
   for (int32_t pg : s->pages) ++refs_[pg];
   seqs_.push_back(std::move(s));
@@ -217,6 +265,14 @@ void KVCache::truncate(SeqId seq, int64_t len) {
     throw Error(fmt::format("KVCache::truncate: len: expected {}..{} (the positions sequence {} holds), given {}", lo,
                             s.length, seq, len));
   }
+  if (config_.state_floats > 0 && len != s.length) {
+    if (len != 0) {
+      throw Error(fmt::format("KVCache::truncate: len: a sequence with recurrent state truncates to its length {} or "
+                              "to 0 only (the state of an earlier position is not kept), given {}",
+                              s.length, len));
+    }
+    std::fill(s.state.begin(), s.state.end(), 0.0f);
+  }
   const int64_t keep = std::max<int64_t>(0, (len + config_.page_size - 1) / config_.page_size - s.first_page);
   while (static_cast<int64_t>(s.pages.size()) > keep) {
     release_page(s.pages.back());
@@ -231,6 +287,10 @@ int64_t KVCache::grow(SeqId seq, int64_t n) {
   const int64_t ps = config_.page_size;
   const int64_t len = s.length, new_len = len + n;
   if (n == 0) return len;
+  if (config_.num_pages == 0) {  // state only: positions are counted, nothing is stored
+    s.length = new_len;
+    return len;
+  }
   const int64_t cur_end = s.first_page + static_cast<int64_t>(s.pages.size());
   const int64_t new_end = (new_len + ps - 1) / ps;
   // Window: the first new query (position len) sees keys > len − window.
@@ -339,6 +399,7 @@ void KVCache::load_row(int32_t page, int64_t layer, int kv, int64_t head, int64_
 
 void KVCache::write(SeqId seq, int64_t layer, int64_t pos, const TensorView& k, const TensorView& v) {
   const Seq& s = seq_ref(seq, "KVCache::write");
+  require_pages(config_, "KVCache::write");
   const int64_t H = config_.heads_kv, D = config_.head_dim, ps = config_.page_size;
   if (layer < 0 || layer >= config_.num_layers) {
     throw Error(fmt::format("KVCache::write: layer: expected 0..{}, given {}", config_.num_layers - 1, layer));
@@ -376,6 +437,7 @@ void KVCache::write(SeqId seq, int64_t layer, int64_t pos, const TensorView& k, 
 
 int64_t KVCache::append(SeqId seq, const TensorView& k, const TensorView& v) {
   seq_ref(seq, "KVCache::append");
+  require_pages(config_, "KVCache::append");
   check_rows(k, "k", config_.heads_kv, config_.head_dim, 4);
   check_rows(v, "v", config_.heads_kv, config_.head_dim, 4);
   if (k.shape[0] != config_.num_layers || v.shape[0] != config_.num_layers || v.shape[1] != k.shape[1]) {
@@ -389,6 +451,7 @@ int64_t KVCache::append(SeqId seq, const TensorView& k, const TensorView& v) {
 
 void KVCache::read(SeqId seq, int64_t layer, int64_t pos, const TensorView& k, const TensorView& v) const {
   const Seq& s = seq_ref(seq, "KVCache::read");
+  require_pages(config_, "KVCache::read");
   const int64_t H = config_.heads_kv, D = config_.head_dim, ps = config_.page_size;
   if (layer < 0 || layer >= config_.num_layers) {
     throw Error(fmt::format("KVCache::read: layer: expected 0..{}, given {}", config_.num_layers - 1, layer));

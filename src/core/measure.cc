@@ -1,6 +1,7 @@
 #include "core/measure.h"
 
 #include <cblas.h>
+#include <fmt/format.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -9,8 +10,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <vector>
 
+#include "attnkit/error.h"
+#include "core/big_alloc.h"
 #include "core/thread_pool.h"
 
 extern "C" char* openblas_get_corename(void);
@@ -105,11 +110,19 @@ double sgemm_gflops(int64_t n) {
 double memcpy_gbps(int64_t bytes) {
   ThreadPool& tp = pool();
   const int64_t parts = tp.size();
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  // The same kind of memory as the KV-cache pool (huge pages where offered), both buffers touched.
+  const auto n = static_cast<size_t>(bytes);
+  const std::unique_ptr<char, std::function<void(char*)>> src(static_cast<char*>(detail::allocate_zeroed(n)),
+                                                              [n](char* p) { detail::free_zeroed(p, n); });
+  const std::unique_ptr<char, std::function<void(char*)>> dst(static_cast<char*>(detail::allocate_zeroed(n)),
+                                                              [n](char* p) { detail::free_zeroed(p, n); });
+  if (!src || !dst) throw Error(fmt::format("memcpy_gbps: could not allocate two buffers of {} bytes", bytes));
+  std::memset(src.get(), 1, n);
+  std::memset(dst.get(), 0, n);
   const int64_t chunk = bytes / parts;
   const Timing t = time_median(
       [&] {
-        tp.parallel_for(parts, [&](int64_t p, int) { std::memcpy(dst.data() + p * chunk, src.data() + p * chunk, chunk); });
+        tp.parallel_for(parts, [&](int64_t p, int) { std::memcpy(dst.get() + p * chunk, src.get() + p * chunk, chunk); });
       },
       1, 5, 0.5);
   return 2.0 * static_cast<double>(chunk * parts) / t.median_s * 1e-9;

@@ -134,6 +134,10 @@ DecodePlan plan_decode(std::span<const DecodeRange> ranges, int64_t nq, int64_t 
 
 DecodePlan plan_decode(const KVCache& cache, std::span<const SeqId> seqs, int64_t nq, int64_t heads_q,
                        const DecodeOptions& o) {
+  if (cache.config().num_pages == 0) {
+    throw Error("plan_decode: cache: expected a cache of keys and values, given one of recurrent state only "
+                "(num_pages = 0)");
+  }
   std::vector<DecodeRange> ranges;
   for (SeqId s : seqs) {
     if (!cache.has_sequence(s)) throw Error(fmt::format("plan_decode: seqs: expected live sequence ids, given {}", s));

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <random>
+#include <span>
+#include <vector>
 
 #include "attnkit/error.h"
 #include "core/problem.h"
@@ -222,9 +224,12 @@ void LinearState::reset() {
   tokens_ = 0;
 }
 
-void linear_step(LinearState& st, const TensorView& q, const TensorView& k, const TensorView& v,
-                 const TensorView& out) {
-  const int64_t B = st.batch_, Hkv = st.heads_kv_, D = st.head_dim_, F = st.features_;
+namespace {
+
+// One step of causal linear attention on the state (S : [B, Hkv, F, D], z : [B, Hkv, F]).
+void step_state(const LinearAttentionParams& p, int64_t B, int64_t Hkv, int64_t D, int64_t F, float* s_all,
+                float* z_all, float* scratch, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& out) {
   lin::check_view(q, "q", 3);
   lin::check_view(k, "k", 3);
   lin::check_view(v, "v", 3);
@@ -239,10 +244,9 @@ void linear_step(LinearState& st, const TensorView& q, const TensorView& k, cons
     throw Error(fmt::format("q: expected a multiple of the state's {} KV heads, given {} heads", Hkv, Hq));
   }
   lin::check_output(out, "out", {{&q, "q"}, {&k, "k"}, {&v, "v"}});
-  const LinearAttentionParams& p = st.params_;
   const float scale = p.scale ? *p.scale : 1.0f / std::sqrt(static_cast<float>(D));
   const float xscale = std::sqrt(scale);
-  float* phk = st.scratch_.data();
+  float* phk = scratch;
   float* phq = phk + F;
   float* x = phq + F;
   float* xs = x + D;
@@ -250,8 +254,8 @@ void linear_step(LinearState& st, const TensorView& q, const TensorView& k, cons
   const int64_t G = Hq / Hkv;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t hk = 0; hk < Hkv; ++hk) {
-      float* S = &st.s_[(b * Hkv + hk) * F * D];  // [F][D]
-      float* z = &st.z_[(b * Hkv + hk) * F];      // [F]
+      float* S = s_all + (b * Hkv + hk) * F * D;  // [F][D]
+      float* z = z_all + (b * Hkv + hk) * F;      // [F]
       for (int64_t d = 0; d < D; ++d) {
         x[d] = load_f32(k, b * k.strides[0] + hk * k.strides[1] + d * k.strides[2]);
         vv[d] = load_f32(v, b * v.strides[0] + hk * v.strides[1] + d * v.strides[2]);
@@ -277,7 +281,38 @@ void linear_step(LinearState& st, const TensorView& q, const TensorView& k, cons
       }
     }
   }
+}
+
+}  // namespace
+
+void linear_step(LinearState& st, const TensorView& q, const TensorView& k, const TensorView& v,
+                 const TensorView& out) {
+  step_state(st.params_, st.batch_, st.heads_kv_, st.head_dim_, st.features_, st.s_.data(), st.z_.data(),
+             st.scratch_.data(), q, k, v, out);
   ++st.tokens_;
+}
+
+int64_t linear_state_floats(int64_t batch, int64_t heads_kv, int64_t head_dim, const LinearAttentionParams& params) {
+  if (batch <= 0 || heads_kv <= 0 || head_dim <= 0) {
+    throw Error(fmt::format("linear_state_floats: expected batch, heads_kv, head_dim >= 1, given {}, {}, {}", batch,
+                            heads_kv, head_dim));
+  }
+  check_map(params, head_dim);
+  return batch * heads_kv * feature_dim(params, head_dim) * (head_dim + 1);
+}
+
+void linear_step(std::span<float> state, const LinearAttentionParams& params, const TensorView& q, const TensorView& k,
+                 const TensorView& v, const TensorView& out) {
+  lin::check_view(k, "k", 3);
+  const int64_t B = k.shape[0], Hkv = k.shape[1], D = k.shape[2];
+  const int64_t need = linear_state_floats(B, Hkv, D, params), F = feature_dim(params, D);
+  if (static_cast<int64_t>(state.size()) != need) {
+    throw Error(fmt::format("linear_step: state: expected {} floats (S and z of {} × {} heads, {} features, head_dim "
+                            "{}), given {}",
+                            need, B, Hkv, F, D, state.size()));
+  }
+  std::vector<float> scratch(static_cast<size_t>(2 * F + 3 * D));
+  step_state(params, B, Hkv, D, F, state.data(), state.data() + B * Hkv * F * D, scratch.data(), q, k, v, out);
 }
 
 double linear_attention_fwd_flops(int64_t batch, int64_t seq, int64_t heads_q, int64_t head_dim, int64_t features,

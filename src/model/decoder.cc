@@ -12,6 +12,7 @@
 #include <random>
 
 #include "attnkit/error.h"
+#include "attnkit/linear.h"
 #include "model/linear_int8.h"
 #include "model/safetensors.h"
 
@@ -21,6 +22,7 @@ const char* to_string(Mixer m) {
   switch (m) {
     case Mixer::exact: return "exact";
     case Mixer::sliding_window: return "sliding_window";
+    case Mixer::linear: return "linear";
   }
   return "?";
 }
@@ -29,15 +31,16 @@ DecoderConfig preset(const std::string& name) {
   if (name == "tiny") {
     return {.vocab = 97, .dim = 32, .layers = 2, .heads_q = 4, .heads_kv = 2, .head_dim = 8, .ffn_dim = 64};
   }
-  if (name == "small" || name == "small-window") {
+  if (name == "small" || name == "small-window" || name == "small-linear") {
     DecoderConfig c{.vocab = 4096, .dim = 512, .layers = 4, .heads_q = 8, .heads_kv = 2, .head_dim = 64, .ffn_dim = 1536};
     if (name == "small-window") {
       c.mixer = Mixer::sliding_window;
       c.window = 1024;
     }
+    if (name == "small-linear") c.mixer = Mixer::linear;
     return c;
   }
-  throw Error(fmt::format("preset: expected tiny, small or small-window, given '{}'", name));
+  throw Error(fmt::format("preset: expected tiny, small, small-window or small-linear, given '{}'", name));
 }
 
 void validate(const DecoderConfig& c) {
@@ -61,8 +64,9 @@ void validate(const DecoderConfig& c) {
   if (!(c.norm_eps > 0.0f) || !std::isfinite(c.norm_eps)) {
     throw Error(fmt::format("config.norm_eps: expected a finite number > 0, given {}", c.norm_eps));
   }
-  if (c.mixer > Mixer::sliding_window) {
-    throw Error(fmt::format("config.mixer: expected exact or sliding_window, given value {}", static_cast<int>(c.mixer)));
+  if (c.mixer > Mixer::linear) {
+    throw Error(fmt::format("config.mixer: expected exact, sliding_window or linear, given value {}",
+                            static_cast<int>(c.mixer)));
   }
   if ((c.mixer == Mixer::sliding_window) != (c.window > 0) || c.window < 0) {
     throw Error(fmt::format("config.window: expected > 0 with the sliding_window mixer and 0 otherwise, given {} with {}",
@@ -87,6 +91,11 @@ struct Linear {
   // y[T][out] = x[T][in] · wᵀ
   void apply(const float* x, int64_t T, float* y) const {
     if (!q.empty()) return linear_int8(x, T, in, q.data(), scale.data(), out, y);
+    if (T == 1) {  // one token (decode): a matrix-vector product streams w once; sgemm would pack it
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(out), static_cast<int>(in), 1.0f, w.data(),
+                  static_cast<int>(in), x, 1, 0.0f, y, 1);
+      return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
                 static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.data(), static_cast<int>(in), 0.0f, y,
                 static_cast<int>(out));
@@ -256,8 +265,13 @@ int64_t Decoder::weight_bytes_per_token() const {
 }
 
 KVCacheConfig Decoder::cache_config(int64_t num_pages, int64_t page_size, KVDType dtype) const {
-  return {.num_layers = impl_->c.layers, .heads_kv = impl_->c.heads_kv, .head_dim = impl_->c.head_dim,
-          .page_size = page_size, .num_pages = num_pages, .dtype = dtype};
+  const DecoderConfig& c = impl_->c;
+  if (c.mixer == Mixer::linear) {
+    return {.num_layers = c.layers, .heads_kv = c.heads_kv, .head_dim = c.head_dim, .page_size = page_size,
+            .num_pages = 0, .dtype = dtype, .state_floats = linear_state_floats(1, c.heads_kv, c.head_dim, {})};
+  }
+  return {.num_layers = c.layers, .heads_kv = c.heads_kv, .head_dim = c.head_dim, .page_size = page_size,
+          .num_pages = num_pages, .dtype = dtype};
 }
 
 SeqId Decoder::add_sequence(KVCache& cache) const { return cache.add_sequence(impl_->c.window); }
@@ -301,7 +315,12 @@ std::vector<float> Decoder::forward(KVCache& cache, std::span<const SeqId> seqs,
       throw;
     }
   }
-  const DecodePlan plan = plan_decode(cache, seqs, n, c.heads_q);
+  const bool linear = c.mixer == Mixer::linear;
+  if (linear != (cc.num_pages == 0) || (linear && cc.state_floats != linear_state_floats(1, c.heads_kv, c.head_dim, {}))) {
+    throw Error(fmt::format("Decoder::forward: cache: the {} mixer needs {} (use Decoder::cache_config)",
+                            to_string(c.mixer), linear ? "a cache of recurrent state only" : "a cache with pages"));
+  }
+  const DecodePlan plan = linear ? DecodePlan{} : plan_decode(cache, seqs, n, c.heads_q);
 
   const int64_t d = c.dim, D = c.head_dim, qd = c.heads_q * D, kd = c.heads_kv * D;
   std::vector<float> x(T * d), h(T * d), q(T * qd), k(T * kd), v(T * kd), a(T * qd), g(T * c.ffn_dim),
@@ -313,18 +332,32 @@ std::vector<float> Decoder::forward(KVCache& cache, std::span<const SeqId> seqs,
     L.wq.apply(h.data(), T, q.data());
     L.wk.apply(h.data(), T, k.data());
     L.wv.apply(h.data(), T, v.data());
-    for (int64_t s = 0; s < S; ++s) {
-      for (int64_t i = 0; i < n; ++i) {
-        rope(q.data() + (s * n + i) * qd, c.heads_q, D, pos0[s] + i, c.rope_theta);
-        rope(k.data() + (s * n + i) * kd, c.heads_kv, D, pos0[s] + i, c.rope_theta);
-      }
-      cache.write(seqs[s], l, pos0[s], TensorView(k.data() + s * n * kd, DType::f32, {n, c.heads_kv, D}),
-                  TensorView(v.data() + s * n * kd, DType::f32, {n, c.heads_kv, D}));
-    }
     // The one place a layer's sequence mixer is chosen (see Mixer in model.h): exact and
-    // sliding-window attention both read the cache; the window lives in the sequence.
-    run_decode(cache, plan, l, TensorView(q.data(), DType::f32, {S, n, c.heads_q, D}),
-               TensorView(a.data(), DType::f32, {S, n, c.heads_q, D}));
+    // sliding-window attention both read the cache (the window lives in the sequence); linear
+    // attention advances each sequence's recurrent state token by token.
+    if (linear) {
+      for (int64_t s = 0; s < S; ++s) {
+        const std::span<float> state = cache.state(seqs[s], l);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t t = s * n + i;
+          linear_step(state, {}, TensorView(q.data() + t * qd, DType::f32, {1, c.heads_q, D}),
+                      TensorView(k.data() + t * kd, DType::f32, {1, c.heads_kv, D}),
+                      TensorView(v.data() + t * kd, DType::f32, {1, c.heads_kv, D}),
+                      TensorView(a.data() + t * qd, DType::f32, {1, c.heads_q, D}));
+        }
+      }
+    } else {
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t i = 0; i < n; ++i) {
+          rope(q.data() + (s * n + i) * qd, c.heads_q, D, pos0[s] + i, c.rope_theta);
+          rope(k.data() + (s * n + i) * kd, c.heads_kv, D, pos0[s] + i, c.rope_theta);
+        }
+        cache.write(seqs[s], l, pos0[s], TensorView(k.data() + s * n * kd, DType::f32, {n, c.heads_kv, D}),
+                    TensorView(v.data() + s * n * kd, DType::f32, {n, c.heads_kv, D}));
+      }
+      run_decode(cache, plan, l, TensorView(q.data(), DType::f32, {S, n, c.heads_q, D}),
+                 TensorView(a.data(), DType::f32, {S, n, c.heads_q, D}));
+    }
     L.wo.apply(a.data(), T, h.data());
     for (int64_t i = 0; i < T * d; ++i) x[i] += h[i];
     rms_norm(x.data(), T, d, L.ffn_norm, c.norm_eps, h.data());
@@ -402,6 +435,10 @@ std::vector<int32_t> Decoder::generate(KVCache& cache, SeqId seq, std::span<cons
 
 DecodeCost decode_cost(const Decoder& d, int64_t ctx, KVDType cache_dtype) {
   const DecoderConfig& c = d.config();
+  if (c.mixer == Mixer::linear) {  // each layer's state is read and written once per token
+    const double state = 4.0 * static_cast<double>(c.layers * linear_state_floats(1, c.heads_kv, c.head_dim, {}));
+    return {2.0 * state, static_cast<double>(d.weight_bytes_per_token())};
+  }
   const int64_t keys = c.window > 0 ? std::min(ctx, c.window) : ctx;
   return {decode_kv_bytes(c.layers, keys, c.heads_kv, c.head_dim, cache_dtype),
           static_cast<double>(d.weight_bytes_per_token())};

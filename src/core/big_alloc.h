@@ -1,0 +1,16 @@
+// Large zeroed buffers (the KV-cache pool, bandwidth probes) backed by transparent huge pages
+// where Linux offers them: a streaming reader then crosses a TLB entry every 2 MiB instead of
+// every 4 KiB, and the hardware prefetchers are not stopped at each 4 KiB boundary.
+#pragma once
+
+#include <cstddef>
+
+namespace attnkit::detail {
+
+// Zeroed memory of `bytes` bytes, 64-byte aligned; nullptr when it cannot be had. Pages become
+// resident when first touched.
+void* allocate_zeroed(size_t bytes);
+// Frees what allocate_zeroed(bytes) returned (the same bytes).
+void free_zeroed(void* p, size_t bytes);
+
+}  // namespace attnkit::detail
