@@ -66,14 +66,25 @@ struct Scratch {
 };
 
 // s[r][j] = Σ_d qs[r][d] · k[j][d] for NR rows and nb keys, two keys per step.
+// Touches the rows [j, j + n) of the next block (n · ldk floats each) so that they are on their
+// way from memory while this block computes: spread over the block's steps, the requests never
+// pile up in the load queue as one burst would.
+HWY_INLINE void PrefetchRows(const float* next, int64_t j, int64_t n, int64_t ld) {
+  if (next == nullptr) return;
+  const char* p = reinterpret_cast<const char*>(next + j * ld);
+  const int64_t bytes = n * ld * static_cast<int64_t>(sizeof(float));
+  for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(p + b);
+}
+
 template <int NR>
 HWY_INLINE void Scores(const float* HWY_RESTRICT qs, int64_t Dp, const float* HWY_RESTRICT k, int64_t ldk,
-                       int64_t nb, float* HWY_RESTRICT s) {
+                       int64_t nb, float* HWY_RESTRICT s, const float* knext, int64_t nnext) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   int64_t j = 0;
   for (; j + 2 <= nb; j += 2) {
+    if (j < nnext) PrefetchRows(knext, j, std::min<int64_t>(2, nnext - j), ldk);
     V a0[NR], a1[NR];
     for (int r = 0; r < NR; ++r) a0[r] = a1[r] = hn::Zero(df);
     const float* k0 = k + j * ldk;
@@ -105,7 +116,8 @@ HWY_INLINE void Scores(const float* HWY_RESTRICT qs, int64_t Dp, const float* HW
 // o[r][:] = alpha[r] · o[r][:] + Σ_j s[r][j] · v[j][:] for NR rows.
 template <int NR>
 HWY_INLINE void Accumulate(const float* HWY_RESTRICT s, const float* HWY_RESTRICT alpha, const float* HWY_RESTRICT v,
-                           int64_t ldv, int64_t nb, float* HWY_RESTRICT o, int64_t Dp) {
+                           int64_t ldv, int64_t nb, float* HWY_RESTRICT o, int64_t Dp, const float* vnext,
+                           int64_t nnext) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
@@ -117,6 +129,7 @@ HWY_INLINE void Accumulate(const float* HWY_RESTRICT s, const float* HWY_RESTRIC
       c1[r] = hn::Mul(a, hn::Load(df, o + r * Dp + t + L));
     }
     for (int64_t j = 0; j < nb; ++j) {
+      if (t == 0 && j < nnext) PrefetchRows(vnext, j, 1, ldv);
       const V v0 = hn::LoadU(df, v + j * ldv + t), v1 = hn::LoadU(df, v + j * ldv + t + L);
       for (int r = 0; r < NR; ++r) {
         const V p = hn::Set(df, s[r * kB + j]);
@@ -228,26 +241,27 @@ void RunItem(const DecodeArgs& a, const DecodeItem& it, Scratch& sc, float* part
     const int32_t page = table[j0 / ps - first_page];
     const int64_t slot = j0 % ps;
     const float *kp = sc.kb, *vp = sc.vb;
+    const float *knext = nullptr, *vnext = nullptr;  // the next block, prefetched during this one
+    int64_t nnext = 0;
     if (in_place) {
       kp = static_cast<const float*>(cache.block(page, a.layer, 0, it.head_kv)) + slot * D;
       vp = static_cast<const float*>(cache.block(page, a.layer, 1, it.head_kv)) + slot * D;
       // The next block may lie on another page, where the hardware prefetcher does not follow:
-      // request it now so that its loads overlap this block's arithmetic.
+      // Scores and Accumulate request it row by row so that its loads overlap this block's work.
       const int64_t j1 = j0 + nb;
       if (j1 < span_hi) {
-        const int64_t nn = std::min({kB, span_hi - j1, (j1 / ps + 1) * ps - j1});
+        nnext = std::min({kB, span_hi - j1, (j1 / ps + 1) * ps - j1});
         const int32_t next = table[j1 / ps - first_page];
-        for (int kv = 0; kv < 2; ++kv) {
-          const auto* base = static_cast<const char*>(cache.block(next, a.layer, kv, it.head_kv)) +
-                             (j1 % ps) * D * sizeof(float);
-          for (int64_t b = 0; b < nn * D * static_cast<int64_t>(sizeof(float)); b += 64) hwy::Prefetch(base + b);
-        }
+        knext = static_cast<const float*>(cache.block(next, a.layer, 0, it.head_kv)) + (j1 % ps) * D;
+        vnext = static_cast<const float*>(cache.block(next, a.layer, 1, it.head_kv)) + (j1 % ps) * D;
       }
     } else {
       ConvertRows(cache, page, a.layer, 0, it.head_kv, slot, nb, D, Dp, sc.kb);
       ConvertRows(cache, page, a.layer, 1, it.head_kv, slot, nb, D, Dp, sc.vb);
     }
-    ByFour(R, [&](int64_t r, auto nr) { Scores<decltype(nr)::value>(sc.qs + r * Dp, Dp, kp, Dp, nb, sc.s + r * kB); });
+    ByFour(R, [&](int64_t r, auto nr) {
+      Scores<decltype(nr)::value>(sc.qs + r * Dp, Dp, kp, Dp, nb, sc.s + r * kB, r == 0 ? knext : nullptr, nnext);
+    });
 
     for (int64_t r = 0; r < R; ++r) {
       float* s = sc.s + r * kB;
@@ -280,7 +294,8 @@ void RunItem(const DecodeArgs& a, const DecodeItem& it, Scratch& sc, float* part
       sc.m[r] = m_new;
     }
     ByFour(R, [&](int64_t r, auto nr) {
-      Accumulate<decltype(nr)::value>(sc.s + r * kB, sc.alpha + r, vp, Dp, nb, sc.o + r * Dp, Dp);
+      Accumulate<decltype(nr)::value>(sc.s + r * kB, sc.alpha + r, vp, Dp, nb, sc.o + r * Dp, Dp,
+                                      r == 0 ? vnext : nullptr, nnext);
     });
     j0 += nb;
   }
