@@ -211,11 +211,14 @@ void RunItem(const DecodeArgs& a, const DecodeItem& it, Scratch& sc, float* part
 
   // Rows, their visible keys within this chunk, and the key span any row sees.
   int64_t span_lo = it.key_end, span_hi = it.key_begin;
+  int64_t lo_max = it.key_begin, hi_min = it.key_end;  // keys every row sees: [lo_max, hi_min)
   for (int64_t r = 0; r < R; ++r) {
     const int64_t tok = it.q_begin + r / G, h = it.head_kv * G + r % G;
     const int64_t pos = len - nq + tok;
     sc.lo[r] = std::max(it.key_begin, window > 0 ? pos - window + 1 : int64_t{0});
     sc.hi[r] = std::min(it.key_end, pos + 1);
+    lo_max = std::max(lo_max, sc.lo[r]);
+    hi_min = std::min(hi_min, sc.hi[r]);
     if (sc.lo[r] < sc.hi[r]) {
       span_lo = std::min(span_lo, sc.lo[r]);
       span_hi = std::max(span_hi, sc.hi[r]);
@@ -263,10 +266,12 @@ void RunItem(const DecodeArgs& a, const DecodeItem& it, Scratch& sc, float* part
       Scores<decltype(nr)::value>(sc.qs + r * Dp, Dp, kp, Dp, nb, sc.s + r * kB, r == 0 ? knext : nullptr, nnext);
     });
 
+    // Blocks that every row sees whole (all but a chunk's edges) need no masking.
+    const bool whole = nb == kB && j0 >= lo_max && j0 + nb <= hi_min;
     for (int64_t r = 0; r < R; ++r) {
       float* s = sc.s + r * kB;
       // Mask keys outside the row's window; pad the block to whole vectors.
-      for (int64_t j = 0; j < kB; ++j) {
+      for (int64_t j = 0; j < kB && !whole; ++j) {
         const int64_t key = j0 + j;
         if (j >= nb || key < sc.lo[r] || key >= sc.hi[r]) s[j] = kNegInf;
       }
