@@ -184,6 +184,13 @@ DecodePlan plan_decode(const KVCache& cache, std::span<const SeqId> seqs, int64_
 struct DecodeParams {
   std::optional<float> scale;  // default 1/sqrt(head_dim)
   float softcap = 0.0f;
+  // GPU caches (PagedKVView) only. The call is asynchronous on `stream` (a cudaStream_t;
+  // nullptr is the legacy default stream) and allocates nothing: when the partition splits a
+  // sequence's keys, the partial results go to `workspace`, device memory of at least
+  // decode_workspace_bytes(kv, plan) bytes that the caller allocates once per batch shape.
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // Runs a plan made from the cache for one layer. Throws attnkit::Error before touching data
@@ -193,6 +200,41 @@ void run_decode(const KVCache& cache, const DecodePlan& plan, int64_t layer, con
 // plan_decode + run_decode.
 void decode(const KVCache& cache, std::span<const SeqId> seqs, int64_t layer, const TensorView& q,
             const TensorView& out, const DecodeParams& params = {}, const TensorView& lse = {});
+
+// ---- decode attention on the GPU -----------------------------------------------------------
+
+// A paged KV cache in CUDA device memory, owned by the caller (a serving engine's own pool, or
+// a mirror of a KVCache). The pages have KVCache's layout and the page table KVCache's meaning,
+// so the bookkeeping of a KVCache (grow, fork, window release) carries over as it is:
+//   pages      : [num_pages][layers][2 (K, V)][heads_kv][page_size][head_dim]   bf16 | f16
+//   page_table : [num_seqs][table_stride] int32; row s, entry i = the physical page of logical
+//                page i of sequence s (positions [i·page_size, (i+1)·page_size)). Only the
+//                entries of the pages that the plan's ranges reach are read; an entry outside
+//                [0, num_pages) makes the rows that read it NaN, never a read outside the pool.
+// Sequence s of the plan is row s. The kernel reads 16 keys at a time from one page, so
+// page_size must be a multiple of 16 (KVCacheConfig's default is 16); head_dim 64, 128 or 256.
+struct PagedKVView {
+  const void* pages = nullptr;
+  const int32_t* page_table = nullptr;
+  int64_t table_stride = 0;  // entries per row, >= the pages of the longest range
+  KVCacheConfig config;      // the pool's geometry and dtype (num_pages included)
+};
+
+// At most this many sequences per GPU decode call: their ranges travel inside the kernel's
+// parameters, so a call copies nothing to the device.
+inline constexpr int kMaxCudaDecodeSeqs = 1024;
+
+// Device workspace bytes run_decode(kv, plan, ...) needs on the current device (0 when no
+// sequence is split). Depends only on the plan's ranges and shape and on the device.
+int64_t decode_workspace_bytes(const PagedKVView& kv, const DecodePlan& plan);
+// Decode attention against a GPU cache: q, out [num_seqs, nq, heads_q, head_dim] CUDA tensors
+// of the pages' dtype, lse [num_seqs, heads_q, nq] f32 (optional). Uses the plan's ranges and
+// shape (the plan may come from ranges alone, or from a KVCache whose pages the view mirrors);
+// the GPU partition of the keys is its own, made from the ranges and the device's size.
+// Throws attnkit::Error before touching data on bad shapes, dtypes, plans, host pointers or a
+// missing workspace. Asynchronous on params.stream.
+void run_decode(const PagedKVView& kv, const DecodePlan& plan, int64_t layer, const TensorView& q,
+                const TensorView& out, const DecodeParams& params = {}, const TensorView& lse = {});
 
 // Decode cost model (to move into cost.h, which another branch owns now): one decode step
 // reads every cached key and value once plus every weight once, so at bandwidth B its time is

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""attnkit's GPU decode attention against a paged KV cache beside torch's SDPA (cuDNN backend,
+and flash / efficient where they take the shape) and beside the device-to-device copy
+bandwidth, measured in one process on the same GPU.
+
+Decode bar (issue 7): bf16, 32 query / 8 KV heads, head_dim 128, one query token, batch 32 ×
+8192 keys and batch 4 × 65536 keys. attnkit reads a paged pool (16-token pages in a random
+physical order, as a long-running server's pool ends up); torch reads contiguous [B, H, N, D]
+K and V holding the same values (query length 1, enable_gqa=True). Bytes = K and V read once
+(2 · B · N · Hkv · D · 2); copy bandwidth counts bytes read plus written of a 1 GiB
+device-to-device copy. Times are medians of CUDA-event timings after warm-up; every input is
+larger than L2, and 8 calls run back to back between the events (host overhead overlaps
+device work, as in a decode loop; bench prints the host time per call separately). Accuracy: ‖x − ref‖ / ‖ref‖ against a float64 torch reference on the same
+(bf16) values, for ours and each torch backend that ran.
+
+usage: bench_cuda_decode.py LIB.so [--json out.json] [--reps N] [--variants]
+"""
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+HQ, HKV, D, PS = 32, 8, 128, 16
+SHAPES = [(32, 8192), (4, 65536)]
+BAR_PEER, BAR_COPY = 1.0, 0.90
+
+
+class Decode:
+    """A handle of bench_decode_capi.cc: the view, plan and launch shape of one batch."""
+
+    def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0):
+        self.lib = lib
+        self.err = ctypes.create_string_buffer(1024)
+        S = len(key_end)
+        kb = (ctypes.c_longlong * S)(*key_begin)
+        ke = (ctypes.c_longlong * S)(*key_end)
+        num_pages, layers, _, hkv, ps, d = pool.shape
+        self.h = lib.ak_decode_new(ctypes.c_void_p(pool.data_ptr()), ctypes.c_void_p(table.data_ptr()),
+                                   ctypes.c_longlong(table.shape[1]), ctypes.c_longlong(num_pages), layers, hkv, d,
+                                   ps, int(pool.dtype == torch.float16), S, kb, ke, nq, HQ, warps, stages,
+                                   ctypes.c_longlong(chunk_keys), self.err, 1024)
+        if not self.h:
+            raise RuntimeError(self.err.value.decode())
+        shape = (ctypes.c_longlong * 8)()
+        self.ws_bytes = lib.ak_decode_shape(ctypes.c_void_p(self.h), shape)
+        self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "grid_x", "ctas"),
+                              list(shape)))
+        self.ws = torch.empty(max(self.ws_bytes, 16), dtype=torch.uint8, device="cuda")
+
+    def run(self, q, out, lse=None):
+        s = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        rc = self.lib.ak_decode_run(ctypes.c_void_p(self.h), 0, ctypes.c_void_p(q.data_ptr()),
+                                    ctypes.c_void_p(out.data_ptr()),
+                                    ctypes.c_void_p(lse.data_ptr() if lse is not None else 0),
+                                    ctypes.c_void_p(self.ws.data_ptr()), ctypes.c_longlong(self.ws_bytes), s,
+                                    self.err, 1024)
+        if rc != 0:
+            raise RuntimeError(self.err.value.decode())
+
+    def __del__(self):
+        if getattr(self, "h", None):
+            self.lib.ak_decode_free(ctypes.c_void_p(self.h))
+
+
+def load(path):
+    lib = ctypes.CDLL(path)
+    lib.ak_decode_new.restype = ctypes.c_void_p
+    lib.ak_decode_shape.restype = ctypes.c_longlong
+    return lib
+
+
+def time_us(fn, reps, inner=8):
+    """Median over reps of the mean time of `inner` back-to-back calls between two events: the
+    host enqueues ahead of the device, so host-side overhead (ctypes, torch dispatch) overlaps
+    device work, as in a decode loop, and does not count."""
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / inner)
+    return statistics.median(ts)
+
+
+def copy_bandwidth(reps):
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    t = time_us(lambda: dst.copy_(src), reps)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * 2 / (t * 1e-6) / 1e9
+
+
+def paged(B, N, gen):
+    """A pool of B·N/16 pages in a random physical order, its page table, and the same K, V as
+    contiguous [B, Hkv, N, D] tensors for torch."""
+    P = N // PS
+    pool = torch.randn(B * P, 1, 2, HKV, PS, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    table = torch.randperm(B * P, device="cuda", generator=gen).to(torch.int32).view(B, P)
+    k = pool[table.long(), 0, 0].permute(0, 2, 1, 3, 4).reshape(B, HKV, N, D).contiguous()
+    v = pool[table.long(), 0, 1].permute(0, 2, 1, 3, 4).reshape(B, HKV, N, D).contiguous()
+    return pool, table.contiguous(), k, v
+
+
+def reference(q, k, v):
+    """float64 decode attention, GQA: q [B, Hq, 1, D], k, v [B, Hkv, N, D] → [B, Hq, 1, D]."""
+    B, G = q.shape[0], HQ // HKV
+    outs = []
+    for b in range(B):
+        qb = q[b].double().view(HKV, G, D)
+        kb, vb = k[b].double(), v[b].double()
+        s = qb @ kb.transpose(-1, -2) / math.sqrt(D)
+        outs.append((torch.softmax(s, dim=-1) @ vb).view(HQ, 1, D))
+    return torch.stack(outs)
+
+
+def rel(x, ref):
+    x = x.double()
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def torch_sdpa(q, k, v, backend):
+    with sdpa_kernel([backend]):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+
+def bench_shape(lib, B, N, reps, variants, gen):
+    pool, table, k, v = paged(B, N, gen)
+    q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    q_ours = q.transpose(1, 2).contiguous()  # [B, 1, Hq, D]
+    out = torch.full_like(q_ours, float("nan"))
+    lse = torch.full((B, HQ, 1), float("nan"), device="cuda")
+    ref = reference(q, k, v)
+    r = dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2, peers={})
+    auto = Decode(lib, pool, table, [0] * B, [N] * B, 1)
+    auto.run(q_ours, out, lse)
+    torch.cuda.synchronize()
+    r["ours_err"] = rel(out.transpose(1, 2), ref)
+    r["ours_nan"] = bool(torch.isnan(out).any().item())
+    r["ours_shape"] = auto.shape
+    r["ours_us"] = time_us(lambda: auto.run(q_ours, out), reps)
+    r["ours_us_again"] = time_us(lambda: auto.run(q_ours, out), reps)
+    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                     ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            o = torch_sdpa(q, k, v, be)
+            torch.cuda.synchronize()
+            r["peers"][name] = dict(err=rel(o, ref), us=time_us(lambda: torch_sdpa(q, k, v, be), reps))
+        except RuntimeError as e:
+            r["peers"][name] = dict(error=str(e).splitlines()[0][:200])
+    r["variants"] = []
+    if variants:
+        for (w, st, ck) in ((4, 2, 0), (4, 4, 0), (2, 4, 0), (8, 2, 0), (8, 3, 0), (4, 3, 512), (4, 3, 2048),
+                            (4, 3, 8192)):
+            try:
+                dv = Decode(lib, pool, table, [0] * B, [N] * B, 1, w, st, ck)
+                o2 = torch.full_like(q_ours, float("nan"))
+                dv.run(q_ours, o2)
+                torch.cuda.synchronize()
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, shape=dv.shape,
+                                          err=rel(o2.transpose(1, 2), ref), us=time_us(lambda: dv.run(q_ours, o2), reps)))
+                del dv
+            except RuntimeError as e:
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, error=str(e)[:200]))
+    del pool, table, k, v, ref
+    torch.cuda.empty_cache()
+    return r
+
+
+def ragged(lib, reps, gen):
+    """Ours alone on a ragged batch (torch would need padding): 32 sequences of 1..16384 keys."""
+    lens = torch.randint(1, 16385, (32,), generator=torch.Generator().manual_seed(7)).tolist()
+    P = [(n + PS - 1) // PS for n in lens]
+    pool = torch.randn(sum(P), 1, 2, HKV, PS, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    perm = torch.randperm(sum(P), device="cuda", generator=gen).to(torch.int32)
+    table = torch.full((32, max(P)), -1, dtype=torch.int32, device="cuda")
+    at = 0
+    for i, p in enumerate(P):
+        table[i, :p] = perm[at:at + p]
+        at += p
+    q = torch.randn(32, 1, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.empty_like(q)
+    dec = Decode(lib, pool, table, [0] * 32, lens, 1)
+    us = time_us(lambda: dec.run(q, out), reps)
+    nbytes = 2 * sum(lens) * HKV * D * 2
+    del pool
+    torch.cuda.empty_cache()
+    return dict(lengths=lens, us=us, bytes=nbytes, shape=dec.shape)
+
+
+def host_overhead(lib, gen):
+    """Host time per call, from a tiny batch whose GPU time is negligible."""
+    pool, table, _, _ = paged(1, 256, gen)
+    q = torch.randn(1, 1, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.empty_like(q)
+    dec = Decode(lib, pool, table, [0], [256], 1)
+    for _ in range(10):
+        dec.run(q, out)
+    torch.cuda.synchronize()
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        dec.run(q, out)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("lib")
+    ap.add_argument("--json")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--variants", action="store_true", help="also time other launch shapes of ours")
+    args = ap.parse_args()
+    lib = load(args.lib)
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    gpu = torch.cuda.get_device_name()
+    copy_before = copy_bandwidth(args.reps)
+    rows = [bench_shape(lib, B, N, args.reps, args.variants, gen) for (B, N) in SHAPES]
+    copy_after = copy_bandwidth(args.reps)
+    rag = ragged(lib, args.reps, gen)
+    host_us = host_overhead(lib, gen)
+    copy = max(copy_before, copy_after)
+    date = datetime.date.today().isoformat()
+
+    print(f"\n# attnkit GPU decode vs torch {torch.__version__} SDPA on {gpu}, {date}")
+    print(f"device-to-device copy: {copy_before:.0f} GB/s before, {copy_after:.0f} GB/s after (read + write; the "
+          f"larger is the bar's reference)")
+    print(f"\n## decode bar: bf16, Hq {HQ} / Hkv {HKV}, D {D}, one query token, page size {PS} "
+          f"(bars: >= {BAR_PEER:.1f}x torch cuDNN, >= {BAR_COPY:.0%} of copy GB/s)")
+    print("| B × N | ours µs | ours GB/s | ours / copy | cuDNN µs | cuDNN / ours | flash µs | efficient µs "
+          "| err ours | err cuDNN | bars |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ok = True
+    for r in rows:
+        gbs = r["bytes"] / (r["ours_us"] * 1e-6) / 1e9
+        cd, fl, ef = r["peers"]["cudnn"], r["peers"]["flash"], r["peers"]["efficient"]
+        us = lambda p: f"{p['us']:.1f}" if "us" in p else "refused"
+        vs_cudnn = cd["us"] / r["ours_us"] if "us" in cd else float("nan")
+        peer_best = min(p["us"] for p in r["peers"].values() if "us" in p) if any(
+            "us" in p for p in r["peers"].values()) else float("nan")
+        bar_peer = vs_cudnn >= BAR_PEER if "us" in cd else peer_best / r["ours_us"] >= BAR_PEER
+        bar_copy = gbs / copy >= BAR_COPY
+        acc_ok = r["ours_err"] < 1e-2 and not r["ours_nan"]
+        ok = ok and acc_ok
+        print(f"| {r['B']} × {r['N']} | {r['ours_us']:.1f} | {gbs:.0f} | {gbs / copy:.2f} | {us(cd)} | "
+              f"{vs_cudnn:.2f} | {us(fl)} | {us(ef)} | {r['ours_err']:.1e} | "
+              f"{cd.get('err', float('nan')):.1e} | {'yes' if bar_peer and bar_copy else 'NO'} |")
+    for r in rows:
+        for name, p in r["peers"].items():
+            if "error" in p:
+                print(f"torch {name} refused B={r['B']} N={r['N']}: {p['error']}")
+        print(f"ours B={r['B']} N={r['N']}: launch {r['ours_shape']}, repeat timing {r['ours_us_again']:.1f} µs")
+    if args.variants:
+        print("\n## launch shapes of ours (µs; GB/s)")
+        print("| B × N | warps | stages | chunk keys | splits | CTAs | µs | GB/s | err |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            for v in r["variants"]:
+                if "error" in v:
+                    print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys']} | | | "
+                          f"{v['error']} | | |")
+                    continue
+                print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys'] or 'auto'} | "
+                      f"{v['shape']['max_splits']} | {v['shape']['ctas']} | {v['us']:.1f} | "
+                      f"{r['bytes'] / (v['us'] * 1e-6) / 1e9:.0f} | {v['err']:.1e} |")
+    rag_gbs = rag["bytes"] / (rag["us"] * 1e-6) / 1e9
+    print(f"\nragged batch (32 sequences of 1..16384 keys, {sum(rag['lengths'])} keys): {rag['us']:.1f} µs, "
+          f"{rag_gbs:.0f} GB/s = {rag_gbs / copy:.2f} of copy; launch {rag['shape']}")
+    print(f"host time per run_decode call (validation, pointer checks, launch): {host_us:.1f} µs")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=gpu, date=date, torch=torch.__version__, copy_gbs=[copy_before, copy_after],
+                           rows=rows, ragged=rag, host_us=host_us), f, indent=1)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+// GPU decode against a PagedKVView, host side: the internal entry points behind
+// attnkit::run_decode(const PagedKVView&, ...) and decode_workspace_bytes, with the launch
+// shape open to benchmarks and tests (0 = automatic).
+#pragma once
+
+#include <cstdint>
+
+#include "attnkit/kv_cache.h"
+
+namespace attnkit {
+
+struct CudaDecodeTuning {
+  int warps = 0;             // warps (work items) per CTA, 1..8; automatic 4
+  int stages = 0;            // cp.async pipeline depth per warp, 2..4; automatic 3
+  int64_t chunk_keys = 0;    // keys per work item, a multiple of 16; automatic from the batch and device
+};
+
+// What a call would launch: the partition of the plan's keys on the current device.
+struct CudaDecodeShape {
+  int warps = 0, stages = 0, rows_per_item = 0, row_tiles = 0;
+  int64_t chunk_blocks = 0, max_splits = 0, grid_x = 0, ctas = 0;
+  int64_t workspace_bytes = 0;
+};
+
+CudaDecodeShape cuda_decode_shape(const PagedKVView& kv, const DecodePlan& plan, const CudaDecodeTuning& tuning);
+void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t layer, const TensorView& q,
+                     const TensorView& out, const DecodeParams& params, const TensorView& lse,
+                     const CudaDecodeTuning& tuning);
+
+}  // namespace attnkit

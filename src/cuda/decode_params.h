@@ -1,0 +1,86 @@
+// DecodeKernelParams: the one flat POD argument of the GPU decode kernels (decode_sm90.cuh),
+// passed by value as a __grid_constant__ parameter, and the host-side partition that sizes the
+// launch. C++17 and free of the public headers, for nvcc.
+//
+// Partition (flash-decoding, split-KV): a sequence's key range is cut into 16-key blocks
+// (one m16n8k16 k-step of P·V; a block never crosses a page because page_size % 16 == 0). A
+// work item is (sequence, KV head, row tile, chunk of chunk_blocks blocks) and is one warp;
+// a CTA holds `warps` consecutive chunks of one (sequence, KV head, row tile):
+//   grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs)
+// Rows of an item are (query token, query head of the KV head) pairs, 8 or 16 of them (one or
+// two n8 tiles of the P·V product). A sequence cut into several chunks writes partial results
+//   part_o   : [num_seqs][max_splits][nq][heads_q][head_dim] f32 (normalized by its own sum)
+//   part_lse : [num_seqs][max_splits][nq][heads_q] f32 (natural log)
+// that the combine kernel merges by log-sum-exp; one chunk writes out / lse directly.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace attnkit::cuda {
+
+// Equals attnkit::kMaxCudaDecodeSeqs (checked in decode_device.cc).
+constexpr int kMaxDecodeSeqs = 1024;
+constexpr int kDecodeBlockKeys = 16;
+constexpr int64_t kDecodeMinChunkBlocks = 16;  // 256 keys: shorter chunks cost more to merge than they gain
+constexpr int64_t kDecodeItemsPerWarpSlot = 2;  // items per resident warp: balances the last wave
+
+struct DecodeKernelParams {
+  const void* pages;
+  const int32_t* table;
+  int64_t table_stride;
+  int64_t page_elems;  // elements of one page
+  int64_t head_off;    // elements from a page's start to the K block of (layer, head 0)
+  int64_t kv_off;      // elements from a K block to the V block of the same head
+  const void* q;
+  void* out;
+  float* lse;  // may be null
+  int64_t q_s[4], o_s[4], lse_s[3];
+  float* part_o;
+  float* part_lse;
+  int num_pages, page_size;
+  int num_seqs, nq, heads_q, heads_kv, group;
+  int rows, row_tiles;  // rows = nq · group; row_tiles = ceil(rows / rows per item)
+  int chunk_blocks, max_splits, warps, stages;
+  float scale, scale_log2, softcap;  // softcap 0: off
+  int key_begin[kMaxDecodeSeqs], key_end[kMaxDecodeSeqs], window[kMaxDecodeSeqs];
+};
+
+// 16-key blocks that hold keys [key_begin, key_end) (key_end > key_begin >= 0).
+inline int64_t decode_blocks(int64_t key_begin, int64_t key_end) {
+  return (key_end - 1) / kDecodeBlockKeys - key_begin / kDecodeBlockKeys + 1;
+}
+
+// Chunk length in blocks for a batch whose sequences span blocks[0..n) each, with `units`
+// items per chunk position (KV heads × row tiles) and warp_slots warps resident on the device:
+// about kDecodeItemsPerWarpSlot items per resident warp, chunks of at least
+// kDecodeMinChunkBlocks, the longest sequence cut into a multiple of `warps` equal chunks so
+// that no CTA of it idles. `forced` > 0 overrides (benchmarks, tests).
+inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, int64_t warp_slots, int warps,
+                                   int64_t forced) {
+  int64_t total = 0, longest = 1;
+  for (int i = 0; i < n; ++i) {
+    total += blocks[i] * units;
+    longest = std::max(longest, blocks[i]);
+  }
+  if (forced > 0) return std::min(forced, longest);
+  const int64_t target = std::max<int64_t>(1, kDecodeItemsPerWarpSlot * warp_slots);
+  int64_t chunk = std::max(kDecodeMinChunkBlocks, (total + target - 1) / target);
+  int64_t splits = (longest + chunk - 1) / chunk;
+  if (splits > 1) splits = (splits + warps - 1) / warps * warps;
+  chunk = (longest + splits - 1) / splits;
+  return std::max<int64_t>(1, chunk);
+}
+
+// Launchers (decode_sm90.cu). is_bf16 false means f16; row_tile_rows 8 or 16.
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x,
+                   void* stream);
+// CTAs of the decode kernel that fit on one multiprocessor, and the multiprocessors of the
+// current device (both cached per device).
+int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps, int stages);
+int current_device_sms();
+// Where a pointer lives, for the checks: 1 device (or managed) memory of the current device,
+// 0 host memory, -1 device memory of another device, -2 no usable CUDA device.
+int pointer_location(const void* p);
+
+}  // namespace attnkit::cuda

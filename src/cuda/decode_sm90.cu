@@ -1,0 +1,140 @@
+// Host launch of the GPU decode kernels (decode_sm90.cuh): runtime head_dim, dtype and rows per
+// item become template arguments here, and only here (10 decode instantiations: head_dim 64
+// and 128 with 8 or 16 rows, 256 with 8, each bf16 and f16; 2 combine), plus the device
+// queries that the partition needs (cached per device).
+#include <cuda_runtime.h>
+
+#include <array>
+#include <mutex>
+#include <stdexcept>
+#include <type_traits>
+
+#include "cuda/decode_sm90.cuh"
+#include "cuda/launch_util.cuh"
+
+namespace attnkit::cuda {
+namespace {
+
+constexpr int kMaxDevices = 64;
+
+// The kernel, its dynamic shared-memory limit raised to the device's opt-in maximum once per
+// device (so that launches need no attribute call).
+template <int kD, bool kBf16, int kRT>
+auto prepared_kernel() {
+  static std::mutex mu;
+  static std::array<bool, kMaxDevices> done{};
+  auto kernel = decode_kernel<kD, kBf16, kRT>;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= kMaxDevices || !done[dev]) {
+    int optin = 0;
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
+    allow_smem(kernel, optin);
+    if (dev < kMaxDevices) done[dev] = true;
+  }
+  return kernel;
+}
+
+// Calls f(kernel) with the instantiation for the runtime arguments.
+template <typename F>
+void with_kernel(bool is_bf16, int head_dim, int row_tile_rows, F&& f) {
+  auto pick = [&](auto dc) {
+    constexpr int kD = decltype(dc)::value;
+    if constexpr (kD == 256) {  // 16-row items would spill: head_dim 256 always takes 8 rows
+      (void)row_tile_rows;
+      if (is_bf16) return f(prepared_kernel<kD, true, 1>());
+      return f(prepared_kernel<kD, false, 1>());
+    } else {
+      if (is_bf16) {
+        if (row_tile_rows == 8) return f(prepared_kernel<kD, true, 1>());
+        return f(prepared_kernel<kD, true, 2>());
+      }
+      if (row_tile_rows == 8) return f(prepared_kernel<kD, false, 1>());
+      return f(prepared_kernel<kD, false, 2>());
+    }
+  };
+  switch (head_dim) {
+    case 64: return pick(std::integral_constant<int, 64>());
+    case 128: return pick(std::integral_constant<int, 128>());
+    case 256: return pick(std::integral_constant<int, 256>());
+    default: throw std::logic_error("decode: unsupported head_dim passed validation");
+  }
+}
+
+int smem_bytes(int head_dim, int warps, int stages) { return warps * stages * 2 * 16 * head_dim * 2; }
+
+}  // namespace
+
+int current_device_sms() {
+  static std::array<int, kMaxDevices> sms{};
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < kMaxDevices && sms[dev] > 0) return sms[dev];
+  int n = 0;
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  if (dev < kMaxDevices) sms[dev] = n;
+  return n;
+}
+
+int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps, int stages) {
+  // Cache: [device][head_dim 64/128/256][dtype][rows 8/16][warps 1..8][stages 2..4].
+  static std::mutex mu;
+  static std::array<int, kMaxDevices * 3 * 2 * 2 * 8 * 3> cache{};
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  const int di = head_dim == 64 ? 0 : head_dim == 128 ? 1 : 2;
+  const size_t key = ((((static_cast<size_t>(dev) * 3 + di) * 2 + is_bf16) * 2 + (row_tile_rows == 16)) * 8 +
+                      (warps - 1)) * 3 + (stages - 2);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (dev < kMaxDevices && cache[key] > 0) return cache[key];
+  }
+  const int smem = smem_bytes(head_dim, warps, stages);
+  int n = 0;
+  with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, warps * 32, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  });
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev < kMaxDevices) cache[key] = n;
+  return n;
+}
+
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x,
+                   void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  const int smem = smem_bytes(head_dim, p.warps, p.stages);
+  const dim3 grid(grid_x, p.heads_kv * p.row_tiles, p.num_seqs);
+  with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
+    kernel<<<grid, p.warps * 32, smem, st>>>(p);
+  });
+  check_cuda(cudaGetLastError(), "decode_kernel launch");
+  if (p.max_splits > 1) {
+    const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
+    const dim3 cgrid(static_cast<unsigned>((rows + 3) / 4));
+    if (is_bf16) {
+      decode_combine_kernel<true><<<cgrid, 128, 0, st>>>(p, head_dim);
+    } else {
+      decode_combine_kernel<false><<<cgrid, 128, 0, st>>>(p, head_dim);
+    }
+    check_cuda(cudaGetLastError(), "decode_combine_kernel launch");
+  }
+}
+
+int pointer_location(const void* ptr) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return -2;
+  }
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, ptr) != cudaSuccess) {
+    cudaGetLastError();  // not a pointer the runtime knows
+    return 0;
+  }
+  if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) return a.device == dev ? 1 : -1;
+  return 0;
+}
+
+}  // namespace attnkit::cuda

@@ -1,0 +1,387 @@
+// Decode attention against a paged KV cache on the GPU (flash-decoding: Dao, Haziza, Massa,
+// Sizov 2023; split-KV as in FlashInfer and FlashAttention's split kernels). Memory-bound: each
+// cached key and value is read once, 16 bytes per access, while tensor cores do the little
+// arithmetic there is, so that the instruction stream stays far below the memory stream.
+//
+// One warp = one work item (decode_params.h): rows = up to 8 (kRT = 1) or 16 (kRT = 2)
+// (query token, query head) pairs of one KV head, against a chunk of its keys, 16 keys a step.
+// Each warp runs its own cp.async pipeline of `stages` steps in shared memory:
+//   stage : K block [16 keys][D] then V block [16][D]        16-byte chunks XOR-swizzled
+// and per step
+//   S  = Q Kᵀ     m16n8k16, M = rows (padded to 16), N = 8 keys ×2, K = head_dim
+//   online softmax on S (log2 domain, rows spread over quads of lanes)
+//   Oᵀ += Vᵀ Pᵀ   m16n8k16, M = head_dim, N = rows (8 per tile), K = 16 keys
+// Both products take their operands straight from 16-byte shared loads, without ldmatrix:
+// - S: a dot product over d is the same under any permutation of d applied to Q and K, so
+//   lane (g = lane/4, c = lane%4) reads key g's d ∈ [32u + 8c, 32u + 8c + 8) as one vector,
+//   which is the B fragment of k-steps 2u and 2u + 1; Q's A fragments use the same order.
+// - Oᵀ: with Vᵀ as the A operand, the rows of an m-tile are any 16 values of d: lane g takes
+//   d = 64h + 8g + [0, 8) of keys 2c, 2c+1, 2c+8, 2c+9 and interleaves key pairs with byte
+//   permutes. Pᵀ is the B operand, and S's accumulator fragment already is Pᵀ's B fragment
+//   (row g, keys 2c, 2c+1 | 2c+8, 2c+9), as in FlashAttention-2's register reuse.
+//   Output fragment: Oᵀ[d][row]: lane holds rows 8r + 2c, 8r + 2c + 1 at d, d + 1 with
+//   d = 64(t/4) + 8g + 2(t%4) for m-tile t.
+// Swizzle: chunk' = chunk ^ swz(row), swz(row) = 2·((row >> 1) & 3) ^ 4·(row & 1), which puts
+// the 8 lanes of each quarter-warp phase on 8 distinct bank groups for the cp.async writes, the
+// K reads (rows g, chunks 4u + c) and the V reads (rows 2c [+1, +8, +9], chunks 8h + g).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/decode_params.h"
+#include "cuda/mma_sm80.cuh"
+
+namespace attnkit::cuda {
+namespace decode_detail {
+
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2 = 0.69314718055994530942f;
+
+__device__ __forceinline__ int swz(int row) { return (((row >> 1) & 3) << 1) ^ ((row & 1) << 2); }
+
+// cp.async and its waits, ordered against ordinary shared-memory accesses ("memory" clobber).
+__device__ __forceinline__ void copy16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_pending(int n) {  // at most n groups still in flight
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+  }
+}
+
+__device__ __forceinline__ uint32_t lo_pairs(uint32_t x, uint32_t y) { return __byte_perm(x, y, 0x5410); }
+__device__ __forceinline__ uint32_t hi_pairs(uint32_t x, uint32_t y) { return __byte_perm(x, y, 0x7632); }
+
+// Word e of a vector; e is a constant once the caller's loop is unrolled.
+__device__ __forceinline__ uint32_t word(const uint4& v, int e) {
+  return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
+}
+
+__device__ __forceinline__ uint32_t load_pair(const uint16_t* q, int64_t stride, bool valid) {
+  if (!valid) return 0u;
+  return uint32_t{q[0]} | (uint32_t{q[stride]} << 16);
+}
+
+template <bool kBf16>
+__device__ __forceinline__ void store_elem(void* base, int64_t off, float x) {
+  if constexpr (kBf16) {
+    static_cast<__nv_bfloat16*>(base)[off] = __float2bfloat16_rn(x);
+  } else {
+    static_cast<__half*>(base)[off] = __float2half_rn(x);
+  }
+}
+
+}  // namespace decode_detail
+
+template <int kD, bool kBf16, int kRT>
+__global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
+  using namespace decode_detail;
+  constexpr int kNR = 8 * kRT;         // rows per item
+  constexpr int kCpr = kD / 8;         // 16-byte chunks per cached row
+  constexpr int kStage = 2 * 16 * kD;  // elements: K block, V block
+  constexpr float kNegInf = -INFINITY;
+  extern __shared__ __align__(16) uint16_t smem[];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int s = blockIdx.z;
+  const int hk = blockIdx.y / p.row_tiles, rt = blockIdx.y % p.row_tiles;
+  const int split = blockIdx.x * p.warps + warp;
+  const int kbeg = p.key_begin[s], kend = p.key_end[s], window = p.window[s];
+  const int fb = kbeg / 16;
+  const int nb = (kend - 1) / 16 - fb + 1;
+  const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
+  if (split >= splits) return;  // the whole warp: no block-wide barrier follows
+  const int b_lo = fb + split * p.chunk_blocks, b_hi = min(fb + nb, b_lo + p.chunk_blocks);
+  const int ck0 = max(kbeg, 16 * b_lo), ck1 = min(kend, 16 * b_hi);  // this chunk's keys
+
+  // The rows this lane scores: g (i = 0) and g + 8 (i = 1), visible keys [lo, hi) of the chunk.
+  int lo[kRT], hi[kRT];
+#pragma unroll
+  for (int i = 0; i < kRT; ++i) {
+    const int rr = rt * kNR + g + 8 * i;
+    lo[i] = 1;
+    hi[i] = 0;
+    if (rr < p.rows) {
+      const int pos = kend - p.nq + rr / p.group;
+      hi[i] = min(ck1, pos + 1);
+      lo[i] = window > 0 ? max(ck0, pos - window + 1) : ck0;
+    }
+  }
+
+  // Q as A fragments of S = Q Kᵀ in the permuted d order (see the file header); rows past
+  // p.rows are zero.
+  uint32_t qa[kD / 16][4];
+  {
+    const auto* q = static_cast<const uint16_t*>(p.q);
+    bool valid[2];
+    const uint16_t* qrow[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int rr = rt * kNR + g + 8 * i;
+      valid[i] = i < kRT && rr < p.rows;
+      const int tok = valid[i] ? rr / p.group : 0, head = valid[i] ? hk * p.group + rr % p.group : 0;
+      qrow[i] = q + s * p.q_s[0] + tok * p.q_s[1] + head * p.q_s[2];
+    }
+    const int64_t sd = p.q_s[3];
+#pragma unroll
+    for (int k = 0; k < kD / 16; ++k) {
+      const int d0 = 32 * (k / 2) + 8 * c + 4 * (k % 2);
+      qa[k][0] = load_pair(qrow[0] + d0 * sd, sd, valid[0]);
+      qa[k][1] = load_pair(qrow[1] + d0 * sd, sd, valid[1]);
+      qa[k][2] = load_pair(qrow[0] + (d0 + 2) * sd, sd, valid[0]);
+      qa[k][3] = load_pair(qrow[1] + (d0 + 2) * sd, sd, valid[1]);
+    }
+  }
+
+  const int ns = p.stages;
+  uint16_t* stage0 = smem + warp * ns * kStage;
+  const auto* pages = static_cast<const uint16_t*>(p.pages);
+  const int32_t* table = p.table + s * p.table_stride;
+  const int64_t head_off = p.head_off + int64_t{hk} * p.page_size * kD;
+  bool bad = false;  // an out-of-range page-table entry: the item's rows become NaN
+
+  auto page_of = [&](int b) { return b < b_hi ? __ldg(table + (16 * b) / p.page_size) : 0; };
+  // Copies block b (whose physical page is phys) into stage st, then commits a group (empty
+  // past the chunk, so that group counting stays uniform).
+  auto issue = [&](int b, int phys, int st) {
+    if (b < b_hi) {
+      if (phys < 0 || phys >= p.num_pages) {
+        bad = true;
+        phys = 0;
+      }
+      const uint16_t* kg = pages + phys * p.page_elems + head_off + int64_t{(16 * b) % p.page_size} * kD;
+      const uint16_t* vg = kg + p.kv_off;
+      uint16_t* ks = stage0 + st * kStage;
+      uint16_t* vs = ks + 16 * kD;
+#pragma unroll
+      for (int i = 0; i < kCpr / 2; ++i) {
+        const int q = lane + 32 * i, row = q / kCpr, ch = q % kCpr;
+        const int dst = row * kD + ((ch ^ swz(row)) * 8);
+        copy16(ks + dst, kg + row * kD + ch * 8);
+        copy16(vs + dst, vg + row * kD + ch * 8);
+      }
+    }
+    commit();
+  };
+
+  const int steps = b_hi - b_lo;
+  for (int i = 0; i < ns - 1; ++i) issue(b_lo + i, page_of(b_lo + i), i);
+  int next_phys = page_of(b_lo + ns - 1);
+
+  float o[kD / 16][kRT][4];
+#pragma unroll
+  for (int t = 0; t < kD / 16; ++t)
+#pragma unroll
+    for (int r = 0; r < kRT; ++r) o[t][r][0] = o[t][r][1] = o[t][r][2] = o[t][r][3] = 0.0f;
+  float m[kRT], l[kRT];
+#pragma unroll
+  for (int i = 0; i < kRT; ++i) {
+    m[i] = kNegInf;
+    l[i] = 0.0f;
+  }
+  const int sk = swz(g);                   // K rows g and 8 + g
+  const int sv0 = 2 * c, sv1 = (2 * c) ^ 4;  // V rows 2c, 2c + 8 | 2c + 1, 2c + 9
+
+  for (int it = 0; it < steps; ++it) {
+    wait_pending(ns - 2);
+    __syncwarp();
+    {  // refill the stage that the previous step consumed
+      const int b = b_lo + it + ns - 1;
+      const int phys = next_phys;
+      next_phys = page_of(b + 1);
+      issue(b, phys, (it + ns - 1) % ns);
+    }
+    const uint16_t* ks = stage0 + (it % ns) * kStage;
+    const uint16_t* vs = ks + 16 * kD;
+    const int key0 = 16 * (b_lo + it);
+
+    // S = Q Kᵀ: two n8 tiles, keys key0 + 8j + g.
+    float sc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+      const uint16_t* krow = ks + (8 * j + g) * kD;
+#pragma unroll
+      for (int u = 0; u < kD / 32; ++u) {
+        const uint4 kv = *reinterpret_cast<const uint4*>(krow + (((4 * u + c) ^ sk) * 8));
+        mma16816<kBf16>(sc[j], qa[2 * u], kv.x, kv.y);
+        mma16816<kBf16>(sc[j], qa[2 * u + 1], kv.z, kv.w);
+      }
+    }
+
+    // Online softmax, log2 domain. sc[j][e]: row g + 8·(e / 2), key key0 + 8j + 2c + e % 2.
+    float alpha[kRT];
+#pragma unroll
+    for (int i = 0; i < kRT; ++i) {
+      float mx = kNegInf;
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = key0 + 8 * j + 2 * c + e;
+          float x = sc[j][2 * i + e];
+          x = p.softcap > 0.0f ? p.softcap * tanhf(x * p.scale / p.softcap) * kLog2e : x * p.scale_log2;
+          x = key >= lo[i] && key < hi[i] ? x : kNegInf;
+          sc[j][2 * i + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      mx = quad_max(mx);
+      const float m_new = fmaxf(m[i], mx);
+      const float base = m_new == kNegInf ? 0.0f : m_new;
+      alpha[i] = fast_exp2(m[i] - base);  // m = −inf: 0 (nothing accumulated yet)
+      m[i] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pe = fast_exp2(sc[j][2 * i + e] - base);
+          sc[j][2 * i + e] = pe;
+          sum += pe;
+        }
+      l[i] = l[i] * alpha[i] + sum;
+    }
+
+    // Rescale O: output rows 8r + 2c and 8r + 2c + 1 live in lanes 8c and 8c + 4.
+    uint32_t pb[kRT][2];
+#pragma unroll
+    for (int r = 0; r < kRT; ++r) {
+      const float a0 = __shfl_sync(0xffffffffu, alpha[r], 8 * c);
+      const float a1 = __shfl_sync(0xffffffffu, alpha[r], 8 * c + 4);
+#pragma unroll
+      for (int t = 0; t < kD / 16; ++t) {
+        o[t][r][0] *= a0;
+        o[t][r][1] *= a1;
+        o[t][r][2] *= a0;
+        o[t][r][3] *= a1;
+      }
+      pb[r][0] = pack2<kBf16>(sc[0][2 * r], sc[0][2 * r + 1]);
+      pb[r][1] = pack2<kBf16>(sc[1][2 * r], sc[1][2 * r + 1]);
+    }
+
+    // V rows 2c, 2c + 1, 2c + 8, 2c + 9; keys outside the chunk may hold anything (NaN in
+    // unwritten slots): zero them, since P = 0 does not cancel NaN.
+    uint4 vk[4][kD / 64];
+    const int vrow[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
+    const int vsw[4] = {sv0, sv1, sv0, sv1};
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int h = 0; h < kD / 64; ++h)
+        vk[k][h] = *reinterpret_cast<const uint4*>(vs + vrow[k] * kD + (((8 * h + g) ^ vsw[k]) * 8));
+    if (key0 < ck0 || key0 + 16 > ck1) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int key = key0 + vrow[k];
+        if (key < ck0 || key >= ck1)
+#pragma unroll
+          for (int h = 0; h < kD / 64; ++h) vk[k][h] = make_uint4(0, 0, 0, 0);
+      }
+    }
+
+    // Oᵀ += Vᵀ Pᵀ over the m-tiles of d: m-tile t takes word t % 4 of vector t / 4.
+#pragma unroll
+    for (int t = 0; t < kD / 16; ++t) {
+      const int h = t / 4, e = t % 4;
+      const uint32_t w0 = word(vk[0][h], e), w1 = word(vk[1][h], e);
+      const uint32_t w2 = word(vk[2][h], e), w3 = word(vk[3][h], e);
+      const uint32_t a[4] = {lo_pairs(w0, w1), hi_pairs(w0, w1), lo_pairs(w2, w3), hi_pairs(w2, w3)};
+#pragma unroll
+      for (int r = 0; r < kRT; ++r) mma16816<kBf16>(o[t][r], a, pb[r][0], pb[r][1]);
+    }
+  }
+  wait_pending(0);
+
+  // Finish: sums over the quad, then each lane writes rows 8r + 2c (+1) at its d, d + 1.
+  const bool split_seq = splits > 1;
+#pragma unroll
+  for (int r = 0; r < kRT; ++r) {
+    l[r] = quad_sum(l[r]);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int src = 8 * c + 4 * e;
+      const float lr = __shfl_sync(0xffffffffu, l[r], src);
+      const float mr = __shfl_sync(0xffffffffu, m[r], src);
+      const int rr = rt * kNR + 8 * r + 2 * c + e;
+      if (rr >= p.rows) continue;
+      const int tok = rr / p.group, head = hk * p.group + rr % p.group;
+      float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+      float lse = lr > 0.0f ? (mr + log2f(lr)) * kLn2 : kNegInf;
+      if (bad) inv = lse = NAN;
+      if (split_seq) {
+        const int64_t prow = ((int64_t{s} * p.max_splits + split) * p.nq + tok) * p.heads_q + head;
+        float* po = p.part_o + prow * kD;
+#pragma unroll
+        for (int t = 0; t < kD / 16; ++t) {
+          const int d = 64 * (t / 4) + 8 * g + 2 * (t % 4);
+          *reinterpret_cast<float2*>(po + d) = make_float2(o[t][r][e] * inv, o[t][r][2 + e] * inv);
+        }
+        if (g == 0) p.part_lse[prow] = lse;
+      } else {
+        const int64_t ob = s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2];
+#pragma unroll
+        for (int t = 0; t < kD / 16; ++t) {
+          const int d = 64 * (t / 4) + 8 * g + 2 * (t % 4);
+          store_elem<kBf16>(p.out, ob + d * p.o_s[3], o[t][r][e] * inv);
+          store_elem<kBf16>(p.out, ob + (d + 1) * p.o_s[3], o[t][r][2 + e] * inv);
+        }
+        if (g == 0 && p.lse != nullptr) p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] = lse;
+      }
+    }
+  }
+}
+
+// Merges the chunks of every split row (sequence, token, head) by log-sum-exp: one warp a row.
+// A NaN partial (a bad page-table entry) makes the row NaN.
+template <bool kBf16>
+__global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeKernelParams p, int head_dim) {
+  using namespace decode_detail;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t{blockIdx.x} * 4 + (threadIdx.x >> 5);
+  const int64_t per_seq = int64_t{p.nq} * p.heads_q;
+  if (row >= p.num_seqs * per_seq) return;
+  const int s = static_cast<int>(row / per_seq);
+  const int tok = static_cast<int>(row % per_seq / p.heads_q), head = static_cast<int>(row % p.heads_q);
+  const int nb = (p.key_end[s] - 1) / 16 - p.key_begin[s] / 16 + 1;
+  const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
+  if (splits <= 1) return;  // written by the decode kernel
+  const int64_t first = (int64_t{s} * p.max_splits * p.nq + tok) * p.heads_q + head;
+  float mx = -INFINITY;
+  for (int k = 0; k < splits; ++k) {
+    const float x = p.part_lse[first + k * per_seq];
+    mx = (x > mx || isnan(x)) && !isnan(mx) ? x : mx;
+  }
+  float acc[8] = {};  // head_dim <= 256: 8 values per lane
+  float total = 0.0f;
+  if (mx != -INFINITY) {
+    for (int k = 0; k < splits; ++k) {
+      const int64_t pr = first + k * per_seq;
+      const float w = __expf(p.part_lse[pr] - mx);
+      total += w;
+      const float* po = p.part_o + pr * head_dim;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (lane + 32 * i < head_dim) acc[i] += w * po[lane + 32 * i];
+    }
+  }
+  const float inv = total > 0.0f ? 1.0f / total : (isnan(mx) ? NAN : 0.0f);
+  const int64_t ob = s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    if (lane + 32 * i < head_dim) store_elem<kBf16>(p.out, ob + (lane + 32 * i) * p.o_s[3], acc[i] * inv);
+  if (lane == 0 && p.lse != nullptr) {
+    p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] =
+        total > 0.0f ? mx + logf(total) : (isnan(mx) ? NAN : -INFINITY);
+  }
+}
+
+}  // namespace attnkit::cuda
