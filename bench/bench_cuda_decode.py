@@ -13,7 +13,7 @@ larger than L2, and 8 calls run back to back between the events (host overhead o
 device work, as in a decode loop; bench prints the host time per call separately). Accuracy: ‖x − ref‖ / ‖ref‖ against a float64 torch reference on the same
 (bf16) values, for ours and each torch backend that ran.
 
-usage: bench_cuda_decode.py LIB.so [--json out.json] [--reps N] [--variants]
+usage: bench_cuda_decode.py LIB.so [--json out.json] [--reps N] [--variants] [--once]
 """
 import argparse
 import ctypes
@@ -36,7 +36,7 @@ BAR_PEER, BAR_COPY = 1.0, 0.90
 class Decode:
     """A handle of bench_decode_capi.cc: the view, plan and launch shape of one batch."""
 
-    def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0):
+    def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0, l2_prefetch=-1):
         self.lib = lib
         self.err = ctypes.create_string_buffer(1024)
         S = len(key_end)
@@ -46,12 +46,13 @@ class Decode:
         self.h = lib.ak_decode_new(ctypes.c_void_p(pool.data_ptr()), ctypes.c_void_p(table.data_ptr()),
                                    ctypes.c_longlong(table.shape[1]), ctypes.c_longlong(num_pages), layers, hkv, d,
                                    ps, int(pool.dtype == torch.float16), S, kb, ke, nq, HQ, warps, stages,
-                                   ctypes.c_longlong(chunk_keys), self.err, 1024)
+                                   ctypes.c_longlong(chunk_keys), l2_prefetch, self.err, 1024)
         if not self.h:
             raise RuntimeError(self.err.value.decode())
-        shape = (ctypes.c_longlong * 8)()
+        shape = (ctypes.c_longlong * 9)()
         self.ws_bytes = lib.ak_decode_shape(ctypes.c_void_p(self.h), shape)
-        self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "grid_x", "ctas"),
+        self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "grid_x", "ctas",
+                                         "l2_prefetch"),
                               list(shape)))
         self.ws = torch.empty(max(self.ws_bytes, 16), dtype=torch.uint8, device="cuda")
 
@@ -105,15 +106,17 @@ def copy_bandwidth(reps):
     return 2 * n * 2 / (t * 1e-6) / 1e9
 
 
-def paged(B, N, gen):
-    """A pool of B·N/16 pages in a random physical order, its page table, and the same K, V as
-    contiguous [B, Hkv, N, D] tensors for torch."""
-    P = N // PS
-    pool = torch.randn(B * P, 1, 2, HKV, PS, D, device="cuda", dtype=torch.bfloat16, generator=gen)
-    table = torch.randperm(B * P, device="cuda", generator=gen).to(torch.int32).view(B, P)
+def paged(B, N, gen, ps=PS, contiguous=True):
+    """A pool of B·N/ps pages in a random physical order, its page table, and (contiguous=True)
+    the same K, V as contiguous [B, Hkv, N, D] tensors for torch."""
+    P = N // ps
+    pool = torch.randn(B * P, 1, 2, HKV, ps, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    table = torch.randperm(B * P, device="cuda", generator=gen).to(torch.int32).view(B, P).contiguous()
+    if not contiguous:
+        return pool, table, None, None
     k = pool[table.long(), 0, 0].permute(0, 2, 1, 3, 4).reshape(B, HKV, N, D).contiguous()
     v = pool[table.long(), 0, 1].permute(0, 2, 1, 3, 4).reshape(B, HKV, N, D).contiguous()
-    return pool, table.contiguous(), k, v
+    return pool, table, k, v
 
 
 def reference(q, k, v):
@@ -162,20 +165,30 @@ def bench_shape(lib, B, N, reps, variants, gen):
             r["peers"][name] = dict(err=rel(o, ref), us=time_us(lambda: torch_sdpa(q, k, v, be), reps))
         except RuntimeError as e:
             r["peers"][name] = dict(error=str(e).splitlines()[0][:200])
+    # The same pool read in physical order (a fresh server's pool), and 64-token pages.
+    seq_table = torch.arange(table.numel(), device="cuda", dtype=torch.int32).view(B, -1)
+    dseq = Decode(lib, pool, seq_table, [0] * B, [N] * B, 1)
+    r["ours_seq_pages_us"] = time_us(lambda: dseq.run(q_ours, out), reps)
+    del dseq
+    pool64, table64, _, _ = paged(B, N, gen, ps=64, contiguous=False)
+    d64 = Decode(lib, pool64, table64, [0] * B, [N] * B, 1)
+    r["ours_page64_us"] = time_us(lambda: d64.run(q_ours, out), reps)
+    del d64, pool64, table64
     r["variants"] = []
     if variants:
-        for (w, st, ck) in ((4, 2, 0), (4, 4, 0), (2, 4, 0), (8, 2, 0), (8, 3, 0), (4, 3, 512), (4, 3, 2048),
-                            (4, 3, 8192)):
+        for (w, st, ck, pf) in ((4, 3, 0, 128), (4, 3, 0, 256), (4, 2, 0, 0), (4, 4, 0, 0), (2, 3, 0, 0),
+                                (2, 4, 0, 0), (8, 2, 0, 0), (1, 4, 0, 0), (4, 3, 1024, 0), (4, 3, 4096, 0),
+                                (4, 2, 0, 256), (2, 4, 0, 256)):
             try:
-                dv = Decode(lib, pool, table, [0] * B, [N] * B, 1, w, st, ck)
+                dv = Decode(lib, pool, table, [0] * B, [N] * B, 1, w, st, ck, pf)
                 o2 = torch.full_like(q_ours, float("nan"))
                 dv.run(q_ours, o2)
                 torch.cuda.synchronize()
-                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, shape=dv.shape,
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, shape=dv.shape,
                                           err=rel(o2.transpose(1, 2), ref), us=time_us(lambda: dv.run(q_ours, o2), reps)))
                 del dv
             except RuntimeError as e:
-                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, error=str(e)[:200]))
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, error=str(e)[:200]))
     del pool, table, k, v, ref
     torch.cuda.empty_cache()
     return r
@@ -225,9 +238,22 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--variants", action="store_true", help="also time other launch shapes of ours")
+    ap.add_argument("--once", action="store_true",
+                    help="run ours and torch cuDNN once on B = 32 × 8192 and exit (for a profiler)")
     args = ap.parse_args()
     lib = load(args.lib)
     gen = torch.Generator(device="cuda").manual_seed(1234)
+    if args.once:
+        pool, table, k, v = paged(32, 8192, gen)
+        q = torch.randn(32, HQ, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        q_ours = q.transpose(1, 2).contiguous()
+        out = torch.empty_like(q_ours)
+        dec = Decode(lib, pool, table, [0] * 32, [8192] * 32, 1)
+        torch.cuda.synchronize()
+        dec.run(q_ours, out)
+        torch_sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION)
+        torch.cuda.synchronize()
+        return 0
     gpu = torch.cuda.get_device_name()
     copy_before = copy_bandwidth(args.reps)
     rows = [bench_shape(lib, B, N, args.reps, args.variants, gen) for (B, N) in SHAPES]
@@ -264,19 +290,21 @@ def main():
         for name, p in r["peers"].items():
             if "error" in p:
                 print(f"torch {name} refused B={r['B']} N={r['N']}: {p['error']}")
-        print(f"ours B={r['B']} N={r['N']}: launch {r['ours_shape']}, repeat timing {r['ours_us_again']:.1f} µs")
+        print(f"ours B={r['B']} N={r['N']}: launch {r['ours_shape']}, repeat timing {r['ours_us_again']:.1f} µs; "
+              f"pages in physical order {r['ours_seq_pages_us']:.1f} µs; 64-token pages "
+              f"{r['ours_page64_us']:.1f} µs")
     if args.variants:
         print("\n## launch shapes of ours (µs; GB/s)")
-        print("| B × N | warps | stages | chunk keys | splits | CTAs | µs | GB/s | err |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| B × N | warps | stages | chunk keys | L2 prefetch | splits | CTAs | µs | GB/s | err |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             for v in r["variants"]:
                 if "error" in v:
-                    print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys']} | | | "
-                          f"{v['error']} | | |")
+                    print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys']} | "
+                          f"{v['prefetch']} | | | {v['error']} | | |")
                     continue
                 print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys'] or 'auto'} | "
-                      f"{v['shape']['max_splits']} | {v['shape']['ctas']} | {v['us']:.1f} | "
+                      f"{v['prefetch']} | {v['shape']['max_splits']} | {v['shape']['ctas']} | {v['us']:.1f} | "
                       f"{r['bytes'] / (v['us'] * 1e-6) / 1e9:.0f} | {v['err']:.1e} |")
     rag_gbs = rag["bytes"] / (rag["us"] * 1e-6) / 1e9
     print(f"\nragged batch (32 sequences of 1..16384 keys, {sum(rag['lengths'])} keys): {rag['us']:.1f} µs, "

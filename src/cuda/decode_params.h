@@ -8,10 +8,11 @@
 // a CTA holds `warps` consecutive chunks of one (sequence, KV head, row tile):
 //   grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs)
 // Rows of an item are (query token, query head of the KV head) pairs, 8 or 16 of them (one or
-// two n8 tiles of the P·V product). A sequence cut into several chunks writes partial results
+// two n8 tiles of the P·V product). A sequence of at most `warps` chunks is merged inside its
+// CTA; a longer one writes partial results
 //   part_o   : [num_seqs][max_splits][nq][heads_q][head_dim] f32 (normalized by its own sum)
 //   part_lse : [num_seqs][max_splits][nq][heads_q] f32 (natural log)
-// that the combine kernel merges by log-sum-exp; one chunk writes out / lse directly.
+// that the combine kernel merges by log-sum-exp.
 #pragma once
 
 #include <algorithm>
@@ -23,7 +24,6 @@ namespace attnkit::cuda {
 constexpr int kMaxDecodeSeqs = 1024;
 constexpr int kDecodeBlockKeys = 16;
 constexpr int64_t kDecodeMinChunkBlocks = 16;  // 256 keys: shorter chunks cost more to merge than they gain
-constexpr int64_t kDecodeItemsPerWarpSlot = 2;  // items per resident warp: balances the last wave
 
 struct DecodeKernelParams {
   const void* pages;
@@ -42,6 +42,7 @@ struct DecodeKernelParams {
   int num_seqs, nq, heads_q, heads_kv, group;
   int rows, row_tiles;  // rows = nq · group; row_tiles = ceil(rows / rows per item)
   int chunk_blocks, max_splits, warps, stages;
+  int prefetch;  // L2 fetch size hint of the cp.async loads: 0 none, 1 128 bytes, 2 256 bytes
   float scale, scale_log2, softcap;  // softcap 0: off
   int key_begin[kMaxDecodeSeqs], key_end[kMaxDecodeSeqs], window[kMaxDecodeSeqs];
 };
@@ -51,25 +52,36 @@ inline int64_t decode_blocks(int64_t key_begin, int64_t key_end) {
   return (key_end - 1) / kDecodeBlockKeys - key_begin / kDecodeBlockKeys + 1;
 }
 
-// Chunk length in blocks for a batch whose sequences span blocks[0..n) each, with `units`
-// items per chunk position (KV heads × row tiles) and warp_slots warps resident on the device:
-// about kDecodeItemsPerWarpSlot items per resident warp, chunks of at least
-// kDecodeMinChunkBlocks, the longest sequence cut into a multiple of `warps` equal chunks so
-// that no CTA of it idles. `forced` > 0 overrides (benchmarks, tests).
-inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, int64_t warp_slots, int warps,
+// CTAs of a launch with chunks of `chunk` blocks: per sequence, `units` (KV heads × row tiles)
+// times its chunks in CTAs of `warps`.
+inline int64_t decode_ctas(const int64_t* blocks, int n, int64_t units, int64_t chunk, int warps) {
+  int64_t ctas = 0;
+  for (int i = 0; i < n; ++i) ctas += units * (((blocks[i] + chunk - 1) / chunk + warps - 1) / warps);
+  return ctas;
+}
+
+// Chunk length in blocks for a batch whose sequences span blocks[0..n) each: the shortest
+// chunk (at least kDecodeMinChunkBlocks) for which every CTA is resident at once (at most
+// cta_slots), so that all warps stream from start to end in one wave; evened out so that the
+// longest sequence's chunks are equal. When even one chunk per sequence needs more CTAs than
+// fit, one chunk per sequence. `forced` > 0 overrides (benchmarks, tests).
+inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, int64_t cta_slots, int warps,
                                    int64_t forced) {
-  int64_t total = 0, longest = 1;
-  for (int i = 0; i < n; ++i) {
-    total += blocks[i] * units;
-    longest = std::max(longest, blocks[i]);
-  }
+  int64_t longest = 1;
+  for (int i = 0; i < n; ++i) longest = std::max(longest, blocks[i]);
   if (forced > 0) return std::min(forced, longest);
-  const int64_t target = std::max<int64_t>(1, kDecodeItemsPerWarpSlot * warp_slots);
-  int64_t chunk = std::max(kDecodeMinChunkBlocks, (total + target - 1) / target);
-  int64_t splits = (longest + chunk - 1) / chunk;
-  if (splits > 1) splits = (splits + warps - 1) / warps * warps;
-  chunk = (longest + splits - 1) / splits;
-  return std::max<int64_t>(1, chunk);
+  int64_t lo = std::min(kDecodeMinChunkBlocks, longest), hi = longest;
+  if (decode_ctas(blocks, n, units, hi, warps) > cta_slots) return hi;
+  while (lo < hi) {  // the fewest blocks per chunk whose launch fits in one wave
+    const int64_t mid = (lo + hi) / 2;
+    if (decode_ctas(blocks, n, units, mid, warps) <= cta_slots) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  const int64_t splits = (longest + lo - 1) / lo, even = (longest + splits - 1) / splits;
+  return decode_ctas(blocks, n, units, even, warps) <= cta_slots ? even : lo;
 }
 
 // Launchers (decode_sm90.cu). is_bf16 false means f16; row_tile_rows 8 or 16.

@@ -110,7 +110,7 @@ void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int 
     kernel<<<grid, p.warps * 32, smem, st>>>(p);
   });
   check_cuda(cudaGetLastError(), "decode_kernel launch");
-  if (p.max_splits > 1) {
+  if (p.max_splits > p.warps) {  // sequences over several CTAs: merge their partial results
     const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
     const dim3 cgrid(static_cast<unsigned>((rows + 3) / 4));
     if (is_bf16) {

@@ -44,8 +44,15 @@ constexpr float kLn2 = 0.69314718055994530942f;
 __device__ __forceinline__ int swz(int row) { return (((row >> 1) & 3) << 1) ^ ((row & 1) << 2); }
 
 // cp.async and its waits, ordered against ordinary shared-memory accesses ("memory" clobber).
-__device__ __forceinline__ void copy16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+// prefetch: the L2 fetch size hint on a miss (0: none, 1: 128 bytes, 2: 256 bytes).
+__device__ __forceinline__ void copy16(void* smem, const void* gmem, int prefetch) {
+  if (prefetch == 2) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+  } else if (prefetch == 1) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+  }
 }
 __device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void wait_pending(int n) {  // at most n groups still in flight
@@ -81,27 +88,28 @@ __device__ __forceinline__ void store_elem(void* base, int64_t off, float x) {
 
 }  // namespace decode_detail
 
-template <int kD, bool kBf16, int kRT>
-__global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
-  using namespace decode_detail;
-  constexpr int kNR = 8 * kRT;         // rows per item
-  constexpr int kCpr = kD / 8;         // 16-byte chunks per cached row
-  constexpr int kStage = 2 * 16 * kD;  // elements: K block, V block
-  constexpr float kNegInf = -INFINITY;
-  extern __shared__ __align__(16) uint16_t smem[];
+// One warp's running result over its keys: Oᵀ fragments (unnormalized), row max (log2
+// domain) and row sum for the rows it scores (g, g + 8), and whether a page-table entry was bad.
+template <int kD, int kRT>
+struct WarpState {
+  float o[kD / 16][kRT][4];
+  float m[kRT], l[kRT];
+  bool bad;
+};
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// Streams keys [16·b_lo, 16·b_hi) ∩ [ck0, ck1) of (sequence s, KV head hk) through this warp's
+// pipeline into st (see the file header). stage0: this warp's `stages` stages.
+template <int kD, bool kBf16, int kRT>
+__device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, int hk, int rt, int b_lo, int b_hi,
+                                            int ck0, int ck1, uint16_t* stage0, WarpState<kD, kRT>& st) {
+  using namespace decode_detail;
+  constexpr int kNR = 8 * kRT;
+  constexpr int kCpr = kD / 8;
+  constexpr int kStage = 2 * 16 * kD;
+  constexpr float kNegInf = -INFINITY;
+  const int lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  const int s = blockIdx.z;
-  const int hk = blockIdx.y / p.row_tiles, rt = blockIdx.y % p.row_tiles;
-  const int split = blockIdx.x * p.warps + warp;
-  const int kbeg = p.key_begin[s], kend = p.key_end[s], window = p.window[s];
-  const int fb = kbeg / 16;
-  const int nb = (kend - 1) / 16 - fb + 1;
-  const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
-  if (split >= splits) return;  // the whole warp: no block-wide barrier follows
-  const int b_lo = fb + split * p.chunk_blocks, b_hi = min(fb + nb, b_lo + p.chunk_blocks);
-  const int ck0 = max(kbeg, 16 * b_lo), ck1 = min(kend, 16 * b_hi);  // this chunk's keys
+  const int kend = p.key_end[s], window = p.window[s];
 
   // The rows this lane scores: g (i = 0) and g + 8 (i = 1), visible keys [lo, hi) of the chunk.
   int lo[kRT], hi[kRT];
@@ -117,8 +125,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
     }
   }
 
-  // Q as A fragments of S = Q Kᵀ in the permuted d order (see the file header); rows past
-  // p.rows are zero.
+  // Q as A fragments of S = Q Kᵀ in the permuted d order; rows past p.rows are zero.
   uint32_t qa[kD / 16][4];
   {
     const auto* q = static_cast<const uint16_t*>(p.q);
@@ -143,31 +150,29 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
   }
 
   const int ns = p.stages;
-  uint16_t* stage0 = smem + warp * ns * kStage;
   const auto* pages = static_cast<const uint16_t*>(p.pages);
   const int32_t* table = p.table + s * p.table_stride;
   const int64_t head_off = p.head_off + int64_t{hk} * p.page_size * kD;
-  bool bad = false;  // an out-of-range page-table entry: the item's rows become NaN
 
   auto page_of = [&](int b) { return b < b_hi ? __ldg(table + (16 * b) / p.page_size) : 0; };
-  // Copies block b (whose physical page is phys) into stage st, then commits a group (empty
-  // past the chunk, so that group counting stays uniform).
-  auto issue = [&](int b, int phys, int st) {
+  // Copies block b (on physical page phys) into stage `slot`, then commits a group (empty past
+  // the chunk, so that group counting stays uniform).
+  auto issue = [&](int b, int phys, int slot) {
     if (b < b_hi) {
       if (phys < 0 || phys >= p.num_pages) {
-        bad = true;
+        st.bad = true;
         phys = 0;
       }
       const uint16_t* kg = pages + phys * p.page_elems + head_off + int64_t{(16 * b) % p.page_size} * kD;
       const uint16_t* vg = kg + p.kv_off;
-      uint16_t* ks = stage0 + st * kStage;
+      uint16_t* ks = stage0 + slot * kStage;
       uint16_t* vs = ks + 16 * kD;
 #pragma unroll
       for (int i = 0; i < kCpr / 2; ++i) {
         const int q = lane + 32 * i, row = q / kCpr, ch = q % kCpr;
         const int dst = row * kD + ((ch ^ swz(row)) * 8);
-        copy16(ks + dst, kg + row * kD + ch * 8);
-        copy16(vs + dst, vg + row * kD + ch * 8);
+        copy16(ks + dst, kg + row * kD + ch * 8, p.prefetch);
+        copy16(vs + dst, vg + row * kD + ch * 8, p.prefetch);
       }
     }
     commit();
@@ -176,19 +181,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
   const int steps = b_hi - b_lo;
   for (int i = 0; i < ns - 1; ++i) issue(b_lo + i, page_of(b_lo + i), i);
   int next_phys = page_of(b_lo + ns - 1);
-
-  float o[kD / 16][kRT][4];
-#pragma unroll
-  for (int t = 0; t < kD / 16; ++t)
-#pragma unroll
-    for (int r = 0; r < kRT; ++r) o[t][r][0] = o[t][r][1] = o[t][r][2] = o[t][r][3] = 0.0f;
-  float m[kRT], l[kRT];
-#pragma unroll
-  for (int i = 0; i < kRT; ++i) {
-    m[i] = kNegInf;
-    l[i] = 0.0f;
-  }
-  const int sk = swz(g);                   // K rows g and 8 + g
+  const int sk = swz(g);                     // K rows g and 8 + g
   const int sv0 = 2 * c, sv1 = (2 * c) ^ 4;  // V rows 2c, 2c + 8 | 2c + 1, 2c + 9
 
   for (int it = 0; it < steps; ++it) {
@@ -235,10 +228,10 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
           mx = fmaxf(mx, x);
         }
       mx = quad_max(mx);
-      const float m_new = fmaxf(m[i], mx);
+      const float m_new = fmaxf(st.m[i], mx);
       const float base = m_new == kNegInf ? 0.0f : m_new;
-      alpha[i] = fast_exp2(m[i] - base);  // m = −inf: 0 (nothing accumulated yet)
-      m[i] = m_new;
+      alpha[i] = fast_exp2(st.m[i] - base);  // m = −inf: 0 (nothing accumulated yet)
+      st.m[i] = m_new;
       float sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < 2; ++j)
@@ -248,7 +241,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
           sc[j][2 * i + e] = pe;
           sum += pe;
         }
-      l[i] = l[i] * alpha[i] + sum;
+      st.l[i] = st.l[i] * alpha[i] + sum;
     }
 
     // Rescale O: output rows 8r + 2c and 8r + 2c + 1 live in lanes 8c and 8c + 4.
@@ -259,10 +252,10 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
       const float a1 = __shfl_sync(0xffffffffu, alpha[r], 8 * c + 4);
 #pragma unroll
       for (int t = 0; t < kD / 16; ++t) {
-        o[t][r][0] *= a0;
-        o[t][r][1] *= a1;
-        o[t][r][2] *= a0;
-        o[t][r][3] *= a1;
+        st.o[t][r][0] *= a0;
+        st.o[t][r][1] *= a1;
+        st.o[t][r][2] *= a0;
+        st.o[t][r][3] *= a1;
       }
       pb[r][0] = pack2<kBf16>(sc[0][2 * r], sc[0][2 * r + 1]);
       pb[r][1] = pack2<kBf16>(sc[1][2 * r], sc[1][2 * r + 1]);
@@ -296,34 +289,134 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
       const uint32_t w2 = word(vk[2][h], e), w3 = word(vk[3][h], e);
       const uint32_t a[4] = {lo_pairs(w0, w1), hi_pairs(w0, w1), lo_pairs(w2, w3), hi_pairs(w2, w3)};
 #pragma unroll
-      for (int r = 0; r < kRT; ++r) mma16816<kBf16>(o[t][r], a, pb[r][0], pb[r][1]);
+      for (int r = 0; r < kRT; ++r) mma16816<kBf16>(st.o[t][r], a, pb[r][0], pb[r][1]);
     }
   }
   wait_pending(0);
+#pragma unroll
+  for (int i = 0; i < kRT; ++i) st.l[i] = quad_sum(st.l[i]);
+}
 
-  // Finish: sums over the quad, then each lane writes rows 8r + 2c (+1) at its d, d + 1.
-  const bool split_seq = splits > 1;
+// grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs); warp w of CTA x takes chunk
+// x·warps + w. A sequence of at most `warps` chunks is merged inside its one CTA (shared memory,
+// one barrier) and written to out; longer ones write partials for decode_combine_kernel.
+template <int kD, bool kBf16, int kRT>
+__global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
+  using namespace decode_detail;
+  constexpr int kNR = 8 * kRT;
+  constexpr int kStage = 2 * 16 * kD;
+  constexpr float kNegInf = -INFINITY;
+  extern __shared__ __align__(16) uint16_t smem[];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int s = blockIdx.z;
+  const int hk = blockIdx.y / p.row_tiles, rt = blockIdx.y % p.row_tiles;
+  const int split = blockIdx.x * p.warps + warp;
+  const int kbeg = p.key_begin[s], kend = p.key_end[s];
+  const int fb = kbeg / 16;
+  const int nb = (kend - 1) / 16 - fb + 1;
+  const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
+  const bool active = split < splits;
+  uint16_t* stage0 = smem + warp * p.stages * kStage;
+
+  WarpState<kD, kRT> st;
+#pragma unroll
+  for (int t = 0; t < kD / 16; ++t)
+#pragma unroll
+    for (int r = 0; r < kRT; ++r) st.o[t][r][0] = st.o[t][r][1] = st.o[t][r][2] = st.o[t][r][3] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRT; ++i) {
+    st.m[i] = kNegInf;
+    st.l[i] = 0.0f;
+  }
+  st.bad = false;
+  if (active) {
+    const int b_lo = fb + split * p.chunk_blocks, b_hi = min(fb + nb, b_lo + p.chunk_blocks);
+    const int ck0 = max(kbeg, 16 * b_lo), ck1 = min(kend, 16 * b_hi);  // this chunk's keys
+    stream_item<kD, kBf16, kRT>(p, s, hk, rt, b_lo, b_hi, ck0, ck1, stage0, st);
+  }
+
+  const bool cta_merge = splits <= p.warps;  // the same for every warp of the CTA
+  if (cta_merge && splits > 1) {
+    // Each active warp leaves (O unnormalized, m, l) in its own stage memory; after the barrier
+    // every thread merges some (row, d) elements over the warps.
+    float* red = reinterpret_cast<float*>(stage0);  // [kNR][kD] o, then [kNR] m, [kNR] l
+    if (active) {
+#pragma unroll
+      for (int r = 0; r < kRT; ++r)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int row = 8 * r + 2 * c + e;
+#pragma unroll
+          for (int t = 0; t < kD / 16; ++t) {
+            const int d = 64 * (t / 4) + 8 * g + 2 * (t % 4);
+            *reinterpret_cast<float2*>(red + row * kD + d) = make_float2(st.o[t][r][e], st.o[t][r][2 + e]);
+          }
+        }
+      if (c == 0) {
+#pragma unroll
+        for (int i = 0; i < kRT; ++i) {
+          red[kNR * kD + g + 8 * i] = st.m[i];
+          red[kNR * kD + kNR + g + 8 * i] = st.bad ? NAN : st.l[i];
+        }
+      }
+    }
+    __syncthreads();
+    const int warp_floats = p.stages * kStage / 2;
+    const auto* all = reinterpret_cast<const float*>(smem);
+    for (int idx = threadIdx.x; idx < kNR * kD; idx += blockDim.x) {
+      const int row = idx / kD, d = idx % kD, rr = rt * kNR + row;
+      if (rr >= p.rows) continue;
+      float mx = kNegInf;
+      bool nan = false;
+      for (int w = 0; w < splits; ++w) {
+        mx = fmaxf(mx, all[w * warp_floats + kNR * kD + row]);
+        nan |= isnan(all[w * warp_floats + kNR * kD + kNR + row]);
+      }
+      float num = 0.0f, den = nan ? NAN : 0.0f;
+      if (mx != kNegInf && !nan) {
+        for (int w = 0; w < splits; ++w) {
+          const float* wr = all + w * warp_floats;
+          const float f = fast_exp2(wr[kNR * kD + row] - mx);
+          num += f * wr[row * kD + d];
+          den += f * wr[kNR * kD + kNR + row];
+        }
+      }
+      const int tok = rr / p.group, head = hk * p.group + rr % p.group;
+      const float o = den > 0.0f ? num / den : (isnan(den) ? NAN : 0.0f);
+      store_elem<kBf16>(p.out, s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2] + d * p.o_s[3], o);
+      if (d == 0 && p.lse != nullptr) {
+        p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] =
+            den > 0.0f ? (mx + log2f(den)) * kLn2 : (isnan(den) ? NAN : kNegInf);
+      }
+    }
+    return;
+  }
+  if (!active) return;
+
+  // One chunk: the final result; several CTAs: this chunk's partial result. Each lane writes
+  // rows 8r + 2c (+1) at its d, d + 1.
 #pragma unroll
   for (int r = 0; r < kRT; ++r) {
-    l[r] = quad_sum(l[r]);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int src = 8 * c + 4 * e;
-      const float lr = __shfl_sync(0xffffffffu, l[r], src);
-      const float mr = __shfl_sync(0xffffffffu, m[r], src);
+      const float lr = __shfl_sync(0xffffffffu, st.l[r], src);
+      const float mr = __shfl_sync(0xffffffffu, st.m[r], src);
       const int rr = rt * kNR + 8 * r + 2 * c + e;
       if (rr >= p.rows) continue;
       const int tok = rr / p.group, head = hk * p.group + rr % p.group;
       float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
       float lse = lr > 0.0f ? (mr + log2f(lr)) * kLn2 : kNegInf;
-      if (bad) inv = lse = NAN;
-      if (split_seq) {
+      if (st.bad) inv = lse = NAN;
+      if (!cta_merge) {
         const int64_t prow = ((int64_t{s} * p.max_splits + split) * p.nq + tok) * p.heads_q + head;
         float* po = p.part_o + prow * kD;
 #pragma unroll
         for (int t = 0; t < kD / 16; ++t) {
           const int d = 64 * (t / 4) + 8 * g + 2 * (t % 4);
-          *reinterpret_cast<float2*>(po + d) = make_float2(o[t][r][e] * inv, o[t][r][2 + e] * inv);
+          *reinterpret_cast<float2*>(po + d) = make_float2(st.o[t][r][e] * inv, st.o[t][r][2 + e] * inv);
         }
         if (g == 0) p.part_lse[prow] = lse;
       } else {
@@ -331,8 +424,8 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
 #pragma unroll
         for (int t = 0; t < kD / 16; ++t) {
           const int d = 64 * (t / 4) + 8 * g + 2 * (t % 4);
-          store_elem<kBf16>(p.out, ob + d * p.o_s[3], o[t][r][e] * inv);
-          store_elem<kBf16>(p.out, ob + (d + 1) * p.o_s[3], o[t][r][2 + e] * inv);
+          store_elem<kBf16>(p.out, ob + d * p.o_s[3], st.o[t][r][e] * inv);
+          store_elem<kBf16>(p.out, ob + (d + 1) * p.o_s[3], st.o[t][r][2 + e] * inv);
         }
         if (g == 0 && p.lse != nullptr) p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] = lse;
       }
@@ -340,8 +433,10 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
   }
 }
 
-// Merges the chunks of every split row (sequence, token, head) by log-sum-exp: one warp a row.
-// A NaN partial (a bad page-table entry) makes the row NaN.
+// Merges the chunks of every row (sequence, token, head) of a sequence split over several
+// CTAs, by log-sum-exp: one warp a row; lanes share the chunks' LSEs, then each lane sums its
+// head_dim / 32 elements over the chunks, loads of several chunks in flight. A NaN partial (a
+// bad page-table entry) makes the row NaN.
 template <bool kBf16>
 __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeKernelParams p, int head_dim) {
   using namespace decode_detail;
@@ -353,16 +448,22 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
   const int tok = static_cast<int>(row % per_seq / p.heads_q), head = static_cast<int>(row % p.heads_q);
   const int nb = (p.key_end[s] - 1) / 16 - p.key_begin[s] / 16 + 1;
   const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
-  if (splits <= 1) return;  // written by the decode kernel
+  if (splits <= p.warps) return;  // merged by the decode kernel
   const int64_t first = (int64_t{s} * p.max_splits * p.nq + tok) * p.heads_q + head;
   float mx = -INFINITY;
-  for (int k = 0; k < splits; ++k) {
+  bool nan = false;
+  for (int k = lane; k < splits; k += 32) {
     const float x = p.part_lse[first + k * per_seq];
-    mx = (x > mx || isnan(x)) && !isnan(mx) ? x : mx;
+    nan |= isnan(x);
+    mx = fmaxf(mx, x);
   }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  nan = __any_sync(0xffffffffu, nan);
   float acc[8] = {};  // head_dim <= 256: 8 values per lane
   float total = 0.0f;
-  if (mx != -INFINITY) {
+  if (mx != -INFINITY && !nan) {
+#pragma unroll 4
     for (int k = 0; k < splits; ++k) {
       const int64_t pr = first + k * per_seq;
       const float w = __expf(p.part_lse[pr] - mx);
@@ -373,14 +474,14 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
         if (lane + 32 * i < head_dim) acc[i] += w * po[lane + 32 * i];
     }
   }
-  const float inv = total > 0.0f ? 1.0f / total : (isnan(mx) ? NAN : 0.0f);
+  const float inv = nan ? NAN : total > 0.0f ? 1.0f / total : 0.0f;
   const int64_t ob = s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2];
 #pragma unroll
   for (int i = 0; i < 8; ++i)
     if (lane + 32 * i < head_dim) store_elem<kBf16>(p.out, ob + (lane + 32 * i) * p.o_s[3], acc[i] * inv);
   if (lane == 0 && p.lse != nullptr) {
     p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] =
-        total > 0.0f ? mx + logf(total) : (isnan(mx) ? NAN : -INFINITY);
+        nan ? NAN : total > 0.0f ? mx + logf(total) : -INFINITY;
   }
 }
 

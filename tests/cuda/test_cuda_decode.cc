@@ -205,9 +205,11 @@ std::vector<Case> cases() {
       {.name = "page32", .lengths = {100, 1000, 31}, .page_size = 32},
       {.name = "page64_window", .lengths = {2000, 50}, .nq = 2, .page_size = 64, .window = 300},
       {.name = "window_split", .lengths = {1500, 333}, .window = 100, .tuning = {.chunk_keys = 64}},
+      {.name = "cta_merge", .lengths = {1000, 300, 5}, .tuning = {.warps = 4, .chunk_keys = 256}},
       {.name = "forced_splits", .lengths = {250, 37, 16}, .tuning = {.warps = 2, .stages = 2, .chunk_keys = 16}},
       {.name = "eight_warps", .lengths = {5000, 17}, .tuning = {.warps = 8, .stages = 3, .chunk_keys = 256}},
       {.name = "one_warp_four_stages", .lengths = {900}, .D = 64, .tuning = {.warps = 1, .stages = 4, .chunk_keys = 128}},
+      {.name = "l2_prefetch", .lengths = {100, 3000, 17}, .tuning = {.l2_prefetch = 256}},
       {.name = "softcap", .lengths = {80, 600}, .Hq = 4, .Hkv = 1, .softcap = 5.0f},
       {.name = "strided_views", .lengths = {60, 400}, .nq = 2, .padded_q = true},
   };
@@ -239,17 +241,27 @@ TEST(CudaDecodeEdge, BadPageTableEntryGivesNaN) {
   for (int64_t i = 128; i < 256; ++i) EXPECT_TRUE(std::isnan(out.get(i))) << i;
 }
 
-TEST(CudaDecodePartition, ChunksBalanceTheDevice) {
+TEST(CudaDecodePartition, OneWaveOfEqualChunks) {
   using cuda::decode_chunk_blocks;
-  const std::vector<int64_t> uniform(32, 512);  // batch 32 × 8192 keys
-  const int64_t cb = decode_chunk_blocks(uniform.data(), 32, 8, 132 * 2 * 4, 4, 0);
-  const int64_t splits = (512 + cb - 1) / cb;
-  EXPECT_EQ(splits % 4, 0) << "the longest sequence fills whole CTAs";
-  EXPECT_GE(32 * 8 * splits, 2 * 132 * 2 * 4 / 2) << "enough items for the device";
-  EXPECT_GE(cb, cuda::kDecodeMinChunkBlocks);
+  using cuda::decode_ctas;
+  const std::vector<int64_t> uniform(32, 512);  // batch 32 × 8192 keys, 8 KV heads, 132 SMs × 2 CTAs
+  const int64_t cb = decode_chunk_blocks(uniform.data(), 32, 8, 264, 4, 0);
+  EXPECT_EQ(cb, 128);  // 4 chunks = one CTA of 4 warps per (sequence, head): 256 CTAs <= 264
+  EXPECT_LE(decode_ctas(uniform.data(), 32, 8, cb, 4), 264);
+  EXPECT_GT(decode_ctas(uniform.data(), 32, 8, cb - 1, 4), 264);
+  const std::vector<int64_t> longer(4, 4096);  // batch 4 × 65536 keys
+  const int64_t cl = decode_chunk_blocks(longer.data(), 4, 8, 264, 4, 0);
+  EXPECT_EQ(4096 % cl, 0) << "equal chunks";
+  EXPECT_LE(decode_ctas(longer.data(), 4, 8, cl, 4), 264);
+  const std::vector<int64_t> many(1000, 40);  // more sequences than one wave holds: one chunk each
+  EXPECT_EQ(decode_chunk_blocks(many.data(), 1000, 8, 264, 1, 0), 40);
   const std::vector<int64_t> tiny = {1, 3};
   EXPECT_EQ(decode_chunk_blocks(tiny.data(), 2, 1, 1000, 4, 0), 3);  // one chunk each
   EXPECT_EQ(decode_chunk_blocks(tiny.data(), 2, 1, 1000, 4, 2), 2);  // forced
+  const std::vector<int64_t> ragged = {100, 7, 3000, 1};
+  const int64_t cr = decode_chunk_blocks(ragged.data(), 4, 2, 50, 4, 0);
+  EXPECT_GE(cr, cuda::kDecodeMinChunkBlocks);
+  EXPECT_LE(decode_ctas(ragged.data(), 4, 2, cr, 4), 50);
   EXPECT_EQ(cuda::decode_blocks(15, 17), 2);
   EXPECT_EQ(cuda::decode_blocks(16, 32), 1);
   EXPECT_EQ(cuda::decode_blocks(0, 1), 1);
