@@ -31,12 +31,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 HQ, HKV, D, PS = 32, 8, 128, 16
 SHAPES = [(32, 8192), (4, 65536)]
 BAR_PEER, BAR_COPY = 1.0, 0.90
+# Other launch shapes of ours (--variants): warps, stages, chunk keys, L2 prefetch bytes, warps as
+# KV heads (1) or chunks (0), CTAs per SM planned for (0: occupancy); 0 / -1 = automatic.
+VARIANTS = [(4, 3, 0, 0, 0, 0), (4, 2, 0, 256, 0, 0), (2, 4, 0, 256, 0, 0), (2, 3, 0, 256, 0, 0),
+            (4, 2, 0, 0, 0, 1), (4, 3, 0, 256, 0, 1), (8, 2, 0, 0, 0, 1), (4, 2, 0, 0, 1, 0), (8, 2, 0, 0, 1, 0),
+            (4, 3, 0, 256, 1, 0), (8, 2, 0, 256, 1, 0), (4, 2, 0, 0, 1, 1), (2, 4, 0, 256, 1, 0)]
 
 
 class Decode:
     """A handle of bench_decode_capi.cc: the view, plan and launch shape of one batch."""
 
-    def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0, l2_prefetch=-1):
+    def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0, l2_prefetch=-1,
+                 head_warps=-1, ctas_per_sm=0):
         self.lib = lib
         self.err = ctypes.create_string_buffer(1024)
         S = len(key_end)
@@ -46,13 +52,14 @@ class Decode:
         self.h = lib.ak_decode_new(ctypes.c_void_p(pool.data_ptr()), ctypes.c_void_p(table.data_ptr()),
                                    ctypes.c_longlong(table.shape[1]), ctypes.c_longlong(num_pages), layers, hkv, d,
                                    ps, int(pool.dtype == torch.float16), S, kb, ke, nq, HQ, warps, stages,
-                                   ctypes.c_longlong(chunk_keys), l2_prefetch, self.err, 1024)
+                                   ctypes.c_longlong(chunk_keys), l2_prefetch, head_warps, ctas_per_sm, self.err,
+                                   1024)
         if not self.h:
             raise RuntimeError(self.err.value.decode())
-        shape = (ctypes.c_longlong * 9)()
+        shape = (ctypes.c_longlong * 10)()
         self.ws_bytes = lib.ak_decode_shape(ctypes.c_void_p(self.h), shape)
         self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "grid_x", "ctas",
-                                         "l2_prefetch"),
+                                         "l2_prefetch", "head_warps"),
                               list(shape)))
         self.ws = torch.empty(max(self.ws_bytes, 16), dtype=torch.uint8, device="cuda")
 
@@ -176,19 +183,19 @@ def bench_shape(lib, B, N, reps, variants, gen):
     del d64, pool64, table64
     r["variants"] = []
     if variants:
-        for (w, st, ck, pf) in ((4, 3, 0, 128), (4, 3, 0, 256), (4, 2, 0, 0), (4, 4, 0, 0), (2, 3, 0, 0),
-                                (2, 4, 0, 0), (8, 2, 0, 0), (1, 4, 0, 0), (4, 3, 1024, 0), (4, 3, 4096, 0),
-                                (4, 2, 0, 256), (2, 4, 0, 256)):
+        for (w, st, ck, pf, hw, cap) in VARIANTS:
             try:
-                dv = Decode(lib, pool, table, [0] * B, [N] * B, 1, w, st, ck, pf)
+                dv = Decode(lib, pool, table, [0] * B, [N] * B, 1, w, st, ck, pf, hw, cap)
                 o2 = torch.full_like(q_ours, float("nan"))
                 dv.run(q_ours, o2)
                 torch.cuda.synchronize()
-                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, shape=dv.shape,
-                                          err=rel(o2.transpose(1, 2), ref), us=time_us(lambda: dv.run(q_ours, o2), reps)))
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, head_warps=hw, cap=cap,
+                                          shape=dv.shape, err=rel(o2.transpose(1, 2), ref),
+                                          us=time_us(lambda: dv.run(q_ours, o2), reps)))
                 del dv
             except RuntimeError as e:
-                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, error=str(e)[:200]))
+                r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, head_warps=hw, cap=cap,
+                                          error=str(e)[:200]))
     del pool, table, k, v, ref
     torch.cuda.empty_cache()
     return r
@@ -295,16 +302,17 @@ def main():
               f"{r['ours_page64_us']:.1f} µs")
     if args.variants:
         print("\n## launch shapes of ours (µs; GB/s)")
-        print("| B × N | warps | stages | chunk keys | L2 prefetch | splits | CTAs | µs | GB/s | err |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| B × N | warps | stages | chunk keys | L2 prefetch | warps as | CTAs/SM cap | splits | CTAs | µs | "
+              "GB/s | err |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             for v in r["variants"]:
+                head = (f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys'] or 'auto'} | "
+                        f"{v['prefetch']} | {'heads' if v['head_warps'] == 1 else 'chunks'} | {v['cap'] or '-'} |")
                 if "error" in v:
-                    print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys']} | "
-                          f"{v['prefetch']} | | | {v['error']} | | |")
+                    print(f"{head} | | {v['error']} | | |")
                     continue
-                print(f"| {r['B']} × {r['N']} | {v['warps']} | {v['stages']} | {v['chunk_keys'] or 'auto'} | "
-                      f"{v['prefetch']} | {v['shape']['max_splits']} | {v['shape']['ctas']} | {v['us']:.1f} | "
+                print(f"{head} {v['shape']['max_splits']} | {v['shape']['ctas']} | {v['us']:.1f} | "
                       f"{r['bytes'] / (v['us'] * 1e-6) / 1e9:.0f} | {v['err']:.1e} |")
     rag_gbs = rag["bytes"] / (rag["us"] * 1e-6) / 1e9
     print(f"\nragged batch (32 sequences of 1..16384 keys, {sum(rag['lengths'])} keys): {rag['us']:.1f} µs, "

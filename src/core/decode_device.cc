@@ -87,10 +87,11 @@ void check_geometry(const PagedKVView& kv, const DecodePlan& plan, const char* f
 void check_tuning(const CudaDecodeTuning& t) {
   if (t.warps < 0 || t.warps > 8 || (t.stages != 0 && (t.stages < 2 || t.stages > 4)) || t.chunk_keys < 0 ||
       t.chunk_keys % 16 != 0 || (t.l2_prefetch != -1 && t.l2_prefetch != 0 && t.l2_prefetch != 128 &&
-                                 t.l2_prefetch != 256)) {
+                                 t.l2_prefetch != 256) || t.head_warps < -1 || t.head_warps > 1 || t.ctas_per_sm < 0) {
     throw Error(fmt::format("tuning: expected warps 0..8, stages 0 or 2..4, chunk_keys a multiple of 16 (0: "
-                            "automatic) and l2_prefetch -1, 0, 128 or 256, given {}, {}, {} and {}",
-                            t.warps, t.stages, t.chunk_keys, t.l2_prefetch));
+                            "automatic), l2_prefetch -1, 0, 128 or 256, head_warps -1..1 and ctas_per_sm >= 0, given "
+                            "{}, {}, {}, {}, {} and {}",
+                            t.warps, t.stages, t.chunk_keys, t.l2_prefetch, t.head_warps, t.ctas_per_sm));
   }
 }
 
@@ -122,8 +123,9 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   CudaDecodeShape sh;
   sh.rows_per_item = R <= 8 || c.head_dim == 256 ? 8 : 16;
   sh.row_tiles = static_cast<int>((R + sh.rows_per_item - 1) / sh.rows_per_item);
-  sh.stages = tuning.stages > 0 ? tuning.stages : 3;
+  sh.stages = tuning.stages > 0 ? tuning.stages : 2;
   sh.l2_prefetch = tuning.l2_prefetch >= 0 ? tuning.l2_prefetch : 0;
+  sh.head_warps = tuning.head_warps >= 0 ? tuning.head_warps : 0;
   if (c.heads_kv * sh.row_tiles > 65535) {
     throw Error(fmt::format("run_decode: heads_kv {} × row tiles {} (queries_per_seq {} × group {} rows of at most {}) "
                             "exceeds the grid's 65535",
@@ -136,27 +138,31 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
     longest = std::max(longest, blocks[s]);
   }
   const bool bf16 = c.dtype == KVDType::bf16;
-  const int64_t units = c.heads_kv * sh.row_tiles;
+  int64_t units = 0;  // CTA rows per sequence and chunk group
+  int per_cta = 1;    // chunks per CTA
   // Automatic: 4 warps a CTA, fewer when the longest sequence has fewer chunks than that (a
   // CTA's idle warps would hold shared memory that other CTAs could use).
   for (int warps : {4, 2, 1}) {
     sh.warps = tuning.warps > 0 ? tuning.warps : warps;
-    const int per_sm =
-        cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, sh.warps, sh.stages);
+    units = (sh.head_warps ? (c.heads_kv + sh.warps - 1) / sh.warps : c.heads_kv) * sh.row_tiles;
+    per_cta = sh.head_warps ? 1 : sh.warps;
+    int per_sm = cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, sh.warps, sh.stages);
     if (per_sm <= 0) {
       throw Error(fmt::format("tuning: {} warps × {} stages of head_dim {} do not fit in one multiprocessor's shared "
                               "memory",
                               sh.warps, sh.stages, c.head_dim));
     }
+    if (tuning.ctas_per_sm > 0) per_sm = std::min(per_sm, tuning.ctas_per_sm);
     const int64_t cta_slots = int64_t{cuda::current_device_sms()} * per_sm;
-    sh.chunk_blocks = cuda::decode_chunk_blocks(blocks.data(), static_cast<int>(S), units, cta_slots, sh.warps,
+    sh.chunk_blocks = cuda::decode_chunk_blocks(blocks.data(), static_cast<int>(S), units, cta_slots, per_cta,
                                                 tuning.chunk_keys / 16);
     sh.max_splits = (longest + sh.chunk_blocks - 1) / sh.chunk_blocks;
-    if (tuning.warps > 0 || sh.max_splits >= sh.warps) break;
+    if (tuning.warps > 0 || sh.head_warps || sh.max_splits >= sh.warps) break;
   }
-  sh.grid_x = (sh.max_splits + sh.warps - 1) / sh.warps;
-  sh.ctas = cuda::decode_ctas(blocks.data(), static_cast<int>(S), units, sh.chunk_blocks, sh.warps);
-  if (sh.max_splits > sh.warps) {  // some sequence spans several CTAs: partial results
+  sh.grid_x = (sh.max_splits + per_cta - 1) / per_cta;
+  sh.grid_y = units;
+  sh.ctas = cuda::decode_ctas(blocks.data(), static_cast<int>(S), units, sh.chunk_blocks, per_cta);
+  if (sh.max_splits > per_cta) {  // some sequence spans several CTAs: partial results
     const int64_t rows = S * sh.max_splits * nq * plan.heads_q;
     sh.workspace_bytes = (rows * c.head_dim * 4 + 255) / 256 * 256 + rows * 4;
   }
@@ -276,6 +282,7 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
   p.warps = sh.warps;
   p.stages = sh.stages;
   p.prefetch = sh.l2_prefetch / 128;
+  p.head_warps = sh.head_warps;
   p.scale = params.scale ? *params.scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.scale_log2 = p.scale * 1.44269504088896340736f;
   p.softcap = params.softcap;
@@ -285,7 +292,8 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
     p.window[s] = static_cast<int>(plan.ranges[s].window);
   }
   cuda::launch_decode(p, c.dtype == KVDType::bf16, static_cast<int>(c.head_dim), sh.rows_per_item,
-                      static_cast<int>(sh.grid_x), params.stream);
+                      static_cast<int>(sh.grid_x), static_cast<int>(sh.grid_y), sh.workspace_bytes > 0,
+                      params.stream);
 #else
   (void)tuning;
   throw Error("run_decode: a PagedKVView needs a build with the CUDA backend");

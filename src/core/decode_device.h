@@ -14,12 +14,14 @@ struct CudaDecodeTuning {
   int stages = 0;            // cp.async pipeline depth per warp, 2..4; automatic 3
   int64_t chunk_keys = 0;    // keys per work item, a multiple of 16; automatic from the batch and device
   int l2_prefetch = -1;      // L2 fetch size hint of the loads: 0, 128 or 256 bytes; -1 automatic
+  int head_warps = -1;       // 1: a CTA's warps are KV heads of one chunk, 0: chunks of one head; -1 automatic
+  int ctas_per_sm = 0;       // cap on resident CTAs per multiprocessor that the partition plans for; 0: occupancy
 };
 
 // What a call would launch: the partition of the plan's keys on the current device.
 struct CudaDecodeShape {
-  int warps = 0, stages = 0, rows_per_item = 0, row_tiles = 0, l2_prefetch = 0;
-  int64_t chunk_blocks = 0, max_splits = 0, grid_x = 0, ctas = 0;
+  int warps = 0, stages = 0, rows_per_item = 0, row_tiles = 0, l2_prefetch = 0, head_warps = 0;
+  int64_t chunk_blocks = 0, max_splits = 0, grid_x = 0, grid_y = 0, ctas = 0;
   int64_t workspace_bytes = 0;
 };
 

@@ -42,7 +42,8 @@ struct DecodeKernelParams {
   int num_seqs, nq, heads_q, heads_kv, group;
   int rows, row_tiles;  // rows = nq · group; row_tiles = ceil(rows / rows per item)
   int chunk_blocks, max_splits, warps, stages;
-  int prefetch;  // L2 fetch size hint of the cp.async loads: 0 none, 1 128 bytes, 2 256 bytes
+  int prefetch;    // L2 fetch size hint of the cp.async loads: 0 none, 1 128 bytes, 2 256 bytes
+  int head_warps;  // 1: a CTA's warps are KV heads of one chunk; 0: chunks of one KV head
   float scale, scale_log2, softcap;  // softcap 0: off
   int key_begin[kMaxDecodeSeqs], key_end[kMaxDecodeSeqs], window[kMaxDecodeSeqs];
 };
@@ -52,11 +53,11 @@ inline int64_t decode_blocks(int64_t key_begin, int64_t key_end) {
   return (key_end - 1) / kDecodeBlockKeys - key_begin / kDecodeBlockKeys + 1;
 }
 
-// CTAs of a launch with chunks of `chunk` blocks: per sequence, `units` (KV heads × row tiles)
-// times its chunks in CTAs of `warps`.
-inline int64_t decode_ctas(const int64_t* blocks, int n, int64_t units, int64_t chunk, int warps) {
+// CTAs of a launch with chunks of `chunk` blocks: per sequence, `units` (CTA rows: KV heads or
+// KV-head groups, × row tiles) times its chunks in CTAs of `per_cta` chunks.
+inline int64_t decode_ctas(const int64_t* blocks, int n, int64_t units, int64_t chunk, int per_cta) {
   int64_t ctas = 0;
-  for (int i = 0; i < n; ++i) ctas += units * (((blocks[i] + chunk - 1) / chunk + warps - 1) / warps);
+  for (int i = 0; i < n; ++i) ctas += units * (((blocks[i] + chunk - 1) / chunk + per_cta - 1) / per_cta);
   return ctas;
 }
 
@@ -65,28 +66,29 @@ inline int64_t decode_ctas(const int64_t* blocks, int n, int64_t units, int64_t 
 // cta_slots), so that all warps stream from start to end in one wave; evened out so that the
 // longest sequence's chunks are equal. When even one chunk per sequence needs more CTAs than
 // fit, one chunk per sequence. `forced` > 0 overrides (benchmarks, tests).
-inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, int64_t cta_slots, int warps,
+inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, int64_t cta_slots, int per_cta,
                                    int64_t forced) {
   int64_t longest = 1;
   for (int i = 0; i < n; ++i) longest = std::max(longest, blocks[i]);
   if (forced > 0) return std::min(forced, longest);
   int64_t lo = std::min(kDecodeMinChunkBlocks, longest), hi = longest;
-  if (decode_ctas(blocks, n, units, hi, warps) > cta_slots) return hi;
+  if (decode_ctas(blocks, n, units, hi, per_cta) > cta_slots) return hi;
   while (lo < hi) {  // the fewest blocks per chunk whose launch fits in one wave
     const int64_t mid = (lo + hi) / 2;
-    if (decode_ctas(blocks, n, units, mid, warps) <= cta_slots) {
+    if (decode_ctas(blocks, n, units, mid, per_cta) <= cta_slots) {
       hi = mid;
     } else {
       lo = mid + 1;
     }
   }
   const int64_t splits = (longest + lo - 1) / lo, even = (longest + splits - 1) / splits;
-  return decode_ctas(blocks, n, units, even, warps) <= cta_slots ? even : lo;
+  return decode_ctas(blocks, n, units, even, per_cta) <= cta_slots ? even : lo;
 }
 
-// Launchers (decode_sm90.cu). is_bf16 false means f16; row_tile_rows 8 or 16.
-void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x,
-                   void* stream);
+// Launchers (decode_sm90.cu). is_bf16 false means f16; row_tile_rows 8 or 16; combine: launch
+// the combine kernel after the decode kernel.
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x, int grid_y,
+                   bool combine, void* stream);
 // CTAs of the decode kernel that fit on one multiprocessor, and the multiprocessors of the
 // current device (both cached per device).
 int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps, int stages);

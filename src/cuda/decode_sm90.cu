@@ -101,16 +101,16 @@ int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps,
   return n;
 }
 
-void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x,
-                   void* stream) {
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x, int grid_y,
+                   bool combine, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   const int smem = smem_bytes(head_dim, p.warps, p.stages);
-  const dim3 grid(grid_x, p.heads_kv * p.row_tiles, p.num_seqs);
+  const dim3 grid(grid_x, grid_y, p.num_seqs);
   with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
     kernel<<<grid, p.warps * 32, smem, st>>>(p);
   });
   check_cuda(cudaGetLastError(), "decode_kernel launch");
-  if (p.max_splits > p.warps) {  // sequences over several CTAs: merge their partial results
+  if (combine) {  // sequences over several CTAs: merge their partial results
     const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
     const dim3 cgrid(static_cast<unsigned>((rows + 3) / 4));
     if (is_bf16) {

@@ -297,9 +297,11 @@ __device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, 
   for (int i = 0; i < kRT; ++i) st.l[i] = quad_sum(st.l[i]);
 }
 
-// grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs); warp w of CTA x takes chunk
-// x·warps + w. A sequence of at most `warps` chunks is merged inside its one CTA (shared memory,
-// one barrier) and written to out; longer ones write partials for decode_combine_kernel.
+// grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs): warp w of CTA x takes chunk
+// x·warps + w; a sequence of at most `warps` chunks is merged inside its one CTA (shared memory,
+// one barrier) and written to out. head_warps: grid = (max_splits, ceil(heads_kv / warps) ·
+// row_tiles, num_seqs), warp w takes KV head y·warps + w of chunk x. Sequences of one chunk are
+// written directly; the others write partials for decode_combine_kernel.
 template <int kD, bool kBf16, int kRT>
 __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
   using namespace decode_detail;
@@ -310,14 +312,16 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int s = blockIdx.z;
-  const int hk = blockIdx.y / p.row_tiles, rt = blockIdx.y % p.row_tiles;
-  const int split = blockIdx.x * p.warps + warp;
+  const int s = blockIdx.z, rt = blockIdx.y % p.row_tiles;
+  // Warps of a CTA: consecutive chunks of one KV head, or (head_warps) one chunk of
+  // consecutive KV heads, which read neighbouring blocks of the same pages.
+  const int hk = p.head_warps ? blockIdx.y / p.row_tiles * p.warps + warp : blockIdx.y / p.row_tiles;
+  const int split = p.head_warps ? blockIdx.x : blockIdx.x * p.warps + warp;
   const int kbeg = p.key_begin[s], kend = p.key_end[s];
   const int fb = kbeg / 16;
   const int nb = (kend - 1) / 16 - fb + 1;
   const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
-  const bool active = split < splits;
+  const bool active = split < splits && hk < p.heads_kv;
   uint16_t* stage0 = smem + warp * p.stages * kStage;
 
   WarpState<kD, kRT> st;
@@ -337,11 +341,13 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
     stream_item<kD, kBf16, kRT>(p, s, hk, rt, b_lo, b_hi, ck0, ck1, stage0, st);
   }
 
-  const bool cta_merge = splits <= p.warps;  // the same for every warp of the CTA
+  // The same for every warp of the CTA: all chunks of the sequence are this CTA's warps.
+  const bool cta_merge = !p.head_warps && splits <= p.warps;
   if (cta_merge && splits > 1) {
     // Each active warp leaves (O unnormalized, m, l) in its own stage memory; after the barrier
     // every thread merges some (row, d) elements over the warps.
     float* red = reinterpret_cast<float*>(stage0);  // [kNR][kD] o, then [kNR] m, [kNR] l
+    __syncwarp();  // every lane is done reading its stages
     if (active) {
 #pragma unroll
       for (int r = 0; r < kRT; ++r)
@@ -410,7 +416,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
       float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
       float lse = lr > 0.0f ? (mr + log2f(lr)) * kLn2 : kNegInf;
       if (st.bad) inv = lse = NAN;
-      if (!cta_merge) {
+      if (splits > 1) {
         const int64_t prow = ((int64_t{s} * p.max_splits + split) * p.nq + tok) * p.heads_q + head;
         float* po = p.part_o + prow * kD;
 #pragma unroll
@@ -448,7 +454,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
   const int tok = static_cast<int>(row % per_seq / p.heads_q), head = static_cast<int>(row % p.heads_q);
   const int nb = (p.key_end[s] - 1) / 16 - p.key_begin[s] / 16 + 1;
   const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
-  if (splits <= p.warps) return;  // merged by the decode kernel
+  if (splits == 1 || (!p.head_warps && splits <= p.warps)) return;  // written by the decode kernel
   const int64_t first = (int64_t{s} * p.max_splits * p.nq + tok) * p.heads_q + head;
   float mx = -INFINITY;
   bool nan = false;
