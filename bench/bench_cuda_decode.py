@@ -33,9 +33,8 @@ SHAPES = [(32, 8192), (4, 65536)]
 BAR_PEER, BAR_COPY = 1.0, 0.90
 # Other launch shapes of ours (--variants): warps, stages, chunk keys, L2 prefetch bytes, warps as
 # KV heads (1) or chunks (0), CTAs per SM planned for (0: occupancy); 0 / -1 = automatic.
-VARIANTS = [(4, 3, 0, 0, 0, 0), (4, 2, 0, 256, 0, 0), (2, 4, 0, 256, 0, 0), (2, 3, 0, 256, 0, 0),
-            (4, 2, 0, 0, 0, 1), (4, 3, 0, 256, 0, 1), (8, 2, 0, 0, 0, 1), (4, 2, 0, 0, 1, 0), (8, 2, 0, 0, 1, 0),
-            (4, 3, 0, 256, 1, 0), (8, 2, 0, 256, 1, 0), (4, 2, 0, 0, 1, 1), (2, 4, 0, 256, 1, 0)]
+VARIANTS = [(4, 2, 0, 0, 0, 0), (4, 3, 0, 256, 0, 1), (4, 3, 0, 0, 0, 0), (8, 2, 0, 0, 1, 0), (4, 3, 0, 256, 0, 2),
+            (4, 4, 0, 256, 0, 1), (2, 4, 0, 256, 0, 0), (4, 2, 0, 256, 0, 1)]
 
 
 class Decode:
@@ -58,7 +57,7 @@ class Decode:
             raise RuntimeError(self.err.value.decode())
         shape = (ctypes.c_longlong * 10)()
         self.ws_bytes = lib.ak_decode_shape(ctypes.c_void_p(self.h), shape)
-        self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "grid_x", "ctas",
+        self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "chunk_groups", "ctas",
                                          "l2_prefetch", "head_warps"),
                               list(shape)))
         self.ws = torch.empty(max(self.ws_bytes, 16), dtype=torch.uint8, device="cuda")

@@ -59,12 +59,12 @@ void* ak_decode_new(const void* pages, const int32_t* table, long long stride, l
 void ak_decode_free(void* handle) { delete static_cast<Handle*>(handle); }
 
 // Workspace bytes (-1 on error); shape[0..9] = warps, stages, rows per item, row tiles, chunk blocks,
-// max splits, grid x, CTAs, L2 prefetch bytes, head warps.
+// max splits, chunk groups (grid y), CTAs, L2 prefetch bytes, head warps.
 long long ak_decode_shape(void* handle, long long* shape) {
   auto* h = static_cast<Handle*>(handle);
   try {
     const attnkit::CudaDecodeShape s = attnkit::cuda_decode_shape(h->kv, h->plan, h->tuning);
-    const long long v[10] = {s.warps, s.stages, s.rows_per_item, s.row_tiles, s.chunk_blocks, s.max_splits, s.grid_x,
+    const long long v[10] = {s.warps, s.stages, s.rows_per_item, s.row_tiles, s.chunk_blocks, s.max_splits, s.chunk_groups,
                              s.ctas, s.l2_prefetch, s.head_warps};
     for (int i = 0; i < 10; ++i) shape[i] = v[i];
     return s.workspace_bytes;

@@ -115,22 +115,17 @@ void check_on_device(const void* p, const char* name) {
   }
 }
 
+// The launch for a plan. Automatic choices, from measurements on an H100 (docs/benchmarks.md):
+// 4 warps a CTA (fewer when the longest sequence has fewer chunks, so that no CTA holds idle
+// warps' shared memory), 2 pipeline stages, and the shortest chunks whose CTAs are all resident
+// at once. When that still spreads a sequence over several CTAs (few long sequences), a merge
+// kernel follows, and 3 stages with a 256-byte L2 prefetch over one CTA per multiprocessor
+// measured faster than two or three CTAs with more, smaller chunks.
 CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const CudaDecodeTuning& tuning) {
   check_tuning(tuning);
   const KVCacheConfig& c = kv.config;
   const int64_t S = static_cast<int64_t>(plan.ranges.size()), nq = plan.queries_per_seq;
   const int64_t G = plan.heads_q / plan.heads_kv, R = nq * G;
-  CudaDecodeShape sh;
-  sh.rows_per_item = R <= 8 || c.head_dim == 256 ? 8 : 16;
-  sh.row_tiles = static_cast<int>((R + sh.rows_per_item - 1) / sh.rows_per_item);
-  sh.stages = tuning.stages > 0 ? tuning.stages : 2;
-  sh.l2_prefetch = tuning.l2_prefetch >= 0 ? tuning.l2_prefetch : 0;
-  sh.head_warps = tuning.head_warps >= 0 ? tuning.head_warps : 0;
-  if (c.heads_kv * sh.row_tiles > 65535) {
-    throw Error(fmt::format("run_decode: heads_kv {} × row tiles {} (queries_per_seq {} × group {} rows of at most {}) "
-                            "exceeds the grid's 65535",
-                            c.heads_kv, sh.row_tiles, nq, G, sh.rows_per_item));
-  }
   std::vector<int64_t> blocks(static_cast<size_t>(S));
   int64_t longest = 1;
   for (int64_t s = 0; s < S; ++s) {
@@ -138,30 +133,46 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
     longest = std::max(longest, blocks[s]);
   }
   const bool bf16 = c.dtype == KVDType::bf16;
-  int64_t units = 0;  // CTA rows per sequence and chunk group
-  int per_cta = 1;    // chunks per CTA
-  // Automatic: 4 warps a CTA, fewer when the longest sequence has fewer chunks than that (a
-  // CTA's idle warps would hold shared memory that other CTAs could use).
-  for (int warps : {4, 2, 1}) {
-    sh.warps = tuning.warps > 0 ? tuning.warps : warps;
-    units = (sh.head_warps ? (c.heads_kv + sh.warps - 1) / sh.warps : c.heads_kv) * sh.row_tiles;
-    per_cta = sh.head_warps ? 1 : sh.warps;
-    int per_sm = cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, sh.warps, sh.stages);
-    if (per_sm <= 0) {
-      throw Error(fmt::format("tuning: {} warps × {} stages of head_dim {} do not fit in one multiprocessor's shared "
-                              "memory",
-                              sh.warps, sh.stages, c.head_dim));
+  CudaDecodeShape sh;
+  sh.rows_per_item = R <= 8 || c.head_dim == 256 ? 8 : 16;
+  sh.row_tiles = static_cast<int>((R + sh.rows_per_item - 1) / sh.rows_per_item);
+  sh.head_warps = tuning.head_warps >= 0 ? tuning.head_warps : 0;
+  int per_cta = 1;  // chunks per CTA
+  // Partition with `stages` and at most `cap` CTAs per multiprocessor (0: as many as fit).
+  auto partition = [&](int stages, int cap) {
+    sh.stages = stages;
+    for (int warps : {4, 2, 1}) {
+      sh.warps = tuning.warps > 0 ? tuning.warps : warps;
+      sh.units = (sh.head_warps ? (c.heads_kv + sh.warps - 1) / sh.warps : c.heads_kv) * sh.row_tiles;
+      per_cta = sh.head_warps ? 1 : sh.warps;
+      int per_sm = cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, sh.warps, stages);
+      if (per_sm <= 0) {
+        throw Error(fmt::format("tuning: {} warps × {} stages of head_dim {} do not fit in one multiprocessor's "
+                                "shared memory",
+                                sh.warps, stages, c.head_dim));
+      }
+      if (cap > 0) per_sm = std::min(per_sm, cap);
+      const int64_t cta_slots = int64_t{cuda::current_device_sms()} * per_sm;
+      sh.chunk_blocks = cuda::decode_chunk_blocks(blocks.data(), static_cast<int>(S), sh.units, cta_slots, per_cta,
+                                                  tuning.chunk_keys / 16);
+      sh.max_splits = (longest + sh.chunk_blocks - 1) / sh.chunk_blocks;
+      if (tuning.warps > 0 || sh.head_warps || sh.max_splits >= sh.warps) break;
     }
-    if (tuning.ctas_per_sm > 0) per_sm = std::min(per_sm, tuning.ctas_per_sm);
-    const int64_t cta_slots = int64_t{cuda::current_device_sms()} * per_sm;
-    sh.chunk_blocks = cuda::decode_chunk_blocks(blocks.data(), static_cast<int>(S), units, cta_slots, per_cta,
-                                                tuning.chunk_keys / 16);
-    sh.max_splits = (longest + sh.chunk_blocks - 1) / sh.chunk_blocks;
-    if (tuning.warps > 0 || sh.head_warps || sh.max_splits >= sh.warps) break;
+  };
+  sh.l2_prefetch = tuning.l2_prefetch >= 0 ? tuning.l2_prefetch : 0;
+  partition(tuning.stages > 0 ? tuning.stages : 2, tuning.ctas_per_sm);
+  if (sh.max_splits > per_cta && tuning.stages == 0 && tuning.ctas_per_sm == 0 && tuning.l2_prefetch < 0 &&
+      tuning.warps == 0 && tuning.head_warps <= 0) {
+    partition(3, 1);
+    sh.l2_prefetch = 256;
   }
-  sh.grid_x = (sh.max_splits + per_cta - 1) / per_cta;
-  sh.grid_y = units;
-  sh.ctas = cuda::decode_ctas(blocks.data(), static_cast<int>(S), units, sh.chunk_blocks, per_cta);
+  sh.chunk_groups = (sh.max_splits + per_cta - 1) / per_cta;
+  if (sh.chunk_groups > 65535) {
+    throw Error(fmt::format("tuning: chunks of {} keys cut the longest range into {} CTAs per head, beyond the grid's "
+                            "65535",
+                            sh.chunk_blocks * 16, sh.chunk_groups));
+  }
+  sh.ctas = cuda::decode_ctas(blocks.data(), static_cast<int>(S), sh.units, sh.chunk_blocks, per_cta);
   if (sh.max_splits > per_cta) {  // some sequence spans several CTAs: partial results
     const int64_t rows = S * sh.max_splits * nq * plan.heads_q;
     sh.workspace_bytes = (rows * c.head_dim * 4 + 255) / 256 * 256 + rows * 4;
@@ -292,7 +303,7 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
     p.window[s] = static_cast<int>(plan.ranges[s].window);
   }
   cuda::launch_decode(p, c.dtype == KVDType::bf16, static_cast<int>(c.head_dim), sh.rows_per_item,
-                      static_cast<int>(sh.grid_x), static_cast<int>(sh.grid_y), sh.workspace_bytes > 0,
+                      static_cast<int>(sh.units), static_cast<int>(sh.chunk_groups), sh.workspace_bytes > 0,
                       params.stream);
 #else
   (void)tuning;

@@ -21,7 +21,7 @@ struct CudaDecodeTuning {
 // What a call would launch: the partition of the plan's keys on the current device.
 struct CudaDecodeShape {
   int warps = 0, stages = 0, rows_per_item = 0, row_tiles = 0, l2_prefetch = 0, head_warps = 0;
-  int64_t chunk_blocks = 0, max_splits = 0, grid_x = 0, grid_y = 0, ctas = 0;
+  int64_t chunk_blocks = 0, max_splits = 0, units = 0, chunk_groups = 0, ctas = 0;  // grid (units, chunk_groups, seqs)
   int64_t workspace_bytes = 0;
 };
 

@@ -5,8 +5,10 @@
 // Partition (flash-decoding, split-KV): a sequence's key range is cut into 16-key blocks
 // (one m16n8k16 k-step of P·V; a block never crosses a page because page_size % 16 == 0). A
 // work item is (sequence, KV head, row tile, chunk of chunk_blocks blocks) and is one warp;
-// a CTA holds `warps` consecutive chunks of one (sequence, KV head, row tile):
-//   grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs)
+// a CTA holds `warps` consecutive chunks of one (sequence, KV head, row tile), or (head_warps)
+// one chunk of `warps` consecutive KV heads:
+//   grid = (units = heads_kv · row_tiles, ceil(max_splits / warps), num_seqs)
+//   head_warps: (ceil(heads_kv / warps) · row_tiles, max_splits, num_seqs)
 // Rows of an item are (query token, query head of the KV head) pairs, 8 or 16 of them (one or
 // two n8 tiles of the P·V product). A sequence of at most `warps` chunks is merged inside its
 // CTA; a longer one writes partial results
@@ -87,8 +89,8 @@ inline int64_t decode_chunk_blocks(const int64_t* blocks, int n, int64_t units, 
 
 // Launchers (decode_sm90.cu). is_bf16 false means f16; row_tile_rows 8 or 16; combine: launch
 // the combine kernel after the decode kernel.
-void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x, int grid_y,
-                   bool combine, void* stream);
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int units,
+                   int chunk_groups, bool combine, void* stream);
 // CTAs of the decode kernel that fit on one multiprocessor, and the multiprocessors of the
 // current device (both cached per device).
 int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps, int stages);

@@ -101,18 +101,18 @@ int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps,
   return n;
 }
 
-void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int grid_x, int grid_y,
-                   bool combine, void* stream) {
+void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int units,
+                   int chunk_groups, bool combine, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   const int smem = smem_bytes(head_dim, p.warps, p.stages);
-  const dim3 grid(grid_x, grid_y, p.num_seqs);
+  const dim3 grid(units, chunk_groups, p.num_seqs);  // heads fastest: see decode_kernel
   with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
     kernel<<<grid, p.warps * 32, smem, st>>>(p);
   });
   check_cuda(cudaGetLastError(), "decode_kernel launch");
   if (combine) {  // sequences over several CTAs: merge their partial results
     const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
-    const dim3 cgrid(static_cast<unsigned>((rows + 3) / 4));
+    const dim3 cgrid(static_cast<unsigned>(rows));
     if (is_bf16) {
       decode_combine_kernel<true><<<cgrid, 128, 0, st>>>(p, head_dim);
     } else {

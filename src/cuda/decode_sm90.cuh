@@ -297,10 +297,10 @@ __device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, 
   for (int i = 0; i < kRT; ++i) st.l[i] = quad_sum(st.l[i]);
 }
 
-// grid = (ceil(max_splits / warps), heads_kv · row_tiles, num_seqs): warp w of CTA x takes chunk
-// x·warps + w; a sequence of at most `warps` chunks is merged inside its one CTA (shared memory,
-// one barrier) and written to out. head_warps: grid = (max_splits, ceil(heads_kv / warps) ·
-// row_tiles, num_seqs), warp w takes KV head y·warps + w of chunk x. Sequences of one chunk are
+// grid = (heads_kv · row_tiles, ceil(max_splits / warps), num_seqs): warp w of CTA y takes chunk
+// y·warps + w; a sequence of at most `warps` chunks is merged inside its one CTA (shared memory,
+// one barrier) and written to out. head_warps: grid = (ceil(heads_kv / warps) · row_tiles,
+// max_splits, num_seqs), warp w takes KV head x·warps + w of chunk y. Sequences of one chunk are
 // written directly; the others write partials for decode_combine_kernel.
 template <int kD, bool kBf16, int kRT>
 __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
@@ -312,11 +312,13 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int s = blockIdx.z, rt = blockIdx.y % p.row_tiles;
+  // x: KV head (or head group) × row tile, fastest, so that CTAs launched together read the
+  // neighbouring head blocks of the same pages; y: chunk group; z: sequence.
+  const int s = blockIdx.z, rt = blockIdx.x % p.row_tiles;
   // Warps of a CTA: consecutive chunks of one KV head, or (head_warps) one chunk of
   // consecutive KV heads, which read neighbouring blocks of the same pages.
-  const int hk = p.head_warps ? blockIdx.y / p.row_tiles * p.warps + warp : blockIdx.y / p.row_tiles;
-  const int split = p.head_warps ? blockIdx.x : blockIdx.x * p.warps + warp;
+  const int hk = p.head_warps ? blockIdx.x / p.row_tiles * p.warps + warp : blockIdx.x / p.row_tiles;
+  const int split = p.head_warps ? blockIdx.y : blockIdx.y * p.warps + warp;
   const int kbeg = p.key_begin[s], kend = p.key_end[s];
   const int fb = kbeg / 16;
   const int nb = (kend - 1) / 16 - fb + 1;
@@ -440,37 +442,42 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
 }
 
 // Merges the chunks of every row (sequence, token, head) of a sequence split over several
-// CTAs, by log-sum-exp: one warp a row; lanes share the chunks' LSEs, then each lane sums its
-// head_dim / 32 elements over the chunks, loads of several chunks in flight. A NaN partial (a
-// bad page-table entry) makes the row NaN.
+// CTAs, by log-sum-exp: one CTA of 4 warps a row; warp w sums chunks w, w + 4, ... (lanes over
+// head_dim, the loads of several chunks in flight), then the warps' sums meet in shared memory.
+// A NaN partial (a bad page-table entry) makes the row NaN.
 template <bool kBf16>
 __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeKernelParams p, int head_dim) {
   using namespace decode_detail;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = int64_t{blockIdx.x} * 4 + (threadIdx.x >> 5);
+  constexpr int kWarps = 4;
+  __shared__ float acc_s[kWarps][256];
+  __shared__ float total_s[kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = blockIdx.x;
   const int64_t per_seq = int64_t{p.nq} * p.heads_q;
-  if (row >= p.num_seqs * per_seq) return;
   const int s = static_cast<int>(row / per_seq);
   const int tok = static_cast<int>(row % per_seq / p.heads_q), head = static_cast<int>(row % p.heads_q);
   const int nb = (p.key_end[s] - 1) / 16 - p.key_begin[s] / 16 + 1;
   const int splits = (nb + p.chunk_blocks - 1) / p.chunk_blocks;
   if (splits == 1 || (!p.head_warps && splits <= p.warps)) return;  // written by the decode kernel
   const int64_t first = (int64_t{s} * p.max_splits * p.nq + tok) * p.heads_q + head;
+  // Every thread finds the largest LSE (chunks over the 128 threads, then the block).
   float mx = -INFINITY;
-  bool nan = false;
-  for (int k = lane; k < splits; k += 32) {
+  int nan = 0;
+  for (int k = threadIdx.x; k < splits; k += blockDim.x) {
     const float x = p.part_lse[first + k * per_seq];
     nan |= isnan(x);
     mx = fmaxf(mx, x);
   }
-#pragma unroll
   for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  nan = __any_sync(0xffffffffu, nan);
+  if (lane == 0) total_s[warp] = mx;
+  nan = __syncthreads_or(nan);
+  mx = fmaxf(fmaxf(total_s[0], total_s[1]), fmaxf(total_s[2], total_s[3]));
+  __syncthreads();
   float acc[8] = {};  // head_dim <= 256: 8 values per lane
   float total = 0.0f;
   if (mx != -INFINITY && !nan) {
 #pragma unroll 4
-    for (int k = 0; k < splits; ++k) {
+    for (int k = warp; k < splits; k += kWarps) {
       const int64_t pr = first + k * per_seq;
       const float w = __expf(p.part_lse[pr] - mx);
       total += w;
@@ -480,12 +487,19 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
         if (lane + 32 * i < head_dim) acc[i] += w * po[lane + 32 * i];
     }
   }
-  const float inv = nan ? NAN : total > 0.0f ? 1.0f / total : 0.0f;
-  const int64_t ob = s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2];
 #pragma unroll
   for (int i = 0; i < 8; ++i)
-    if (lane + 32 * i < head_dim) store_elem<kBf16>(p.out, ob + (lane + 32 * i) * p.o_s[3], acc[i] * inv);
-  if (lane == 0 && p.lse != nullptr) {
+    if (lane + 32 * i < head_dim) acc_s[warp][lane + 32 * i] = acc[i];
+  if (lane == 0) total_s[warp] = total;
+  __syncthreads();
+  total = total_s[0] + total_s[1] + total_s[2] + total_s[3];
+  const float inv = nan ? NAN : total > 0.0f ? 1.0f / total : 0.0f;
+  const int64_t ob = s * p.o_s[0] + tok * p.o_s[1] + head * p.o_s[2];
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    const float o = acc_s[0][d] + acc_s[1][d] + acc_s[2][d] + acc_s[3][d];
+    store_elem<kBf16>(p.out, ob + d * p.o_s[3], o * inv);
+  }
+  if (threadIdx.x == 0 && p.lse != nullptr) {
     p.lse[s * p.lse_s[0] + head * p.lse_s[1] + tok * p.lse_s[2]] =
         nan ? NAN : total > 0.0f ? mx + logf(total) : -INFINITY;
   }
