@@ -163,8 +163,17 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   partition(tuning.stages > 0 ? tuning.stages : 2, tuning.ctas_per_sm);
   if (sh.max_splits > per_cta && tuning.stages == 0 && tuning.ctas_per_sm == 0 && tuning.l2_prefetch < 0 &&
       tuning.warps == 0 && tuning.head_warps <= 0) {
+    // Few long sequences: one CTA per multiprocessor, if that still gives every CTA 4 chunks.
+    const CudaDecodeShape two = sh;
+    const int two_per_cta = per_cta;
     partition(3, 1);
     sh.l2_prefetch = 256;
+    if (sh.warps != 4 || sh.max_splits < 4 ||
+        cuda::decode_ctas(blocks.data(), static_cast<int>(S), sh.units, sh.chunk_blocks, per_cta) >
+            cuda::current_device_sms()) {
+      sh = two;
+      per_cta = two_per_cta;
+    }
   }
   sh.chunk_groups = (sh.max_splits + per_cta - 1) / per_cta;
   if (sh.chunk_groups > 65535) {
