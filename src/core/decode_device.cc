@@ -122,7 +122,6 @@ void check_on_device(const void* p, const char* name) {
 // kernel follows, and 3 stages with a 256-byte L2 prefetch over one CTA per multiprocessor
 // measured faster than two or three CTAs with more, smaller chunks.
 CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const CudaDecodeTuning& tuning) {
-  check_tuning(tuning);
   const KVCacheConfig& c = kv.config;
   const int64_t S = static_cast<int64_t>(plan.ranges.size()), nq = plan.queries_per_seq;
   const int64_t G = plan.heads_q / plan.heads_kv, R = nq * G;
@@ -194,11 +193,11 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
 
 CudaDecodeShape cuda_decode_shape(const PagedKVView& kv, const DecodePlan& plan, const CudaDecodeTuning& tuning) {
   check_geometry(kv, plan, "decode_workspace_bytes");
+  check_tuning(tuning);
 #ifdef ATTNKIT_HAS_CUDA
   check_device_present("decode_workspace_bytes");
   return shape_of(kv, plan, tuning);
 #else
-  (void)tuning;
   throw Error("decode_workspace_bytes: a PagedKVView needs a build with the CUDA backend");
 #endif
 }
@@ -211,6 +210,7 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
                      const TensorView& out, const DecodeParams& params, const TensorView& lse,
                      const CudaDecodeTuning& tuning) {
   check_geometry(kv, plan, "run_decode");
+  check_tuning(tuning);
   const KVCacheConfig& c = kv.config;
   if (layer < 0 || layer >= c.num_layers) {
     throw Error(fmt::format("run_decode: layer: expected 0..{}, given {}", c.num_layers - 1, layer));
@@ -315,7 +315,6 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
                       static_cast<int>(sh.units), static_cast<int>(sh.chunk_groups), sh.workspace_bytes > 0,
                       params.stream);
 #else
-  (void)tuning;
   throw Error("run_decode: a PagedKVView needs a build with the CUDA backend");
 #endif
 }
