@@ -1,6 +1,7 @@
 // GPU decode against a PagedKVView, host side: the internal entry points behind
 // attnkit::run_decode(const PagedKVView&, ...) and decode_workspace_bytes, with the launch
-// shape open to benchmarks and tests (0 = automatic).
+// shape open to benchmarks and tests (0 / -1 = automatic; the automatic choices are described
+// at shape_of in decode_device.cc).
 #pragma once
 
 #include <cstdint>
@@ -10,8 +11,8 @@
 namespace attnkit {
 
 struct CudaDecodeTuning {
-  int warps = 0;             // warps (work items) per CTA, 1..8; automatic 4
-  int stages = 0;            // cp.async pipeline depth per warp, 2..4; automatic 3
+  int warps = 0;             // warps (work items) per CTA, 1..8; automatic 4 (fewer for short ranges)
+  int stages = 0;            // cp.async pipeline depth per warp, 2..4; automatic 2 (3 when merging across CTAs)
   int64_t chunk_keys = 0;    // keys per work item, a multiple of 16; automatic from the batch and device
   int l2_prefetch = -1;      // L2 fetch size hint of the loads: 0, 128 or 256 bytes; -1 automatic
   int head_warps = -1;       // 1: a CTA's warps are KV heads of one chunk, 0: chunks of one head; -1 automatic
