@@ -135,7 +135,7 @@ HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Seq
     }
 }
 
-void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& /*k*/, const TensorView& /*v*/,
                  const TensorView& out, const TensorView& lse, const MaskPlan* plan, const Item& it, int64_t bq,
                  FwdScratch& s, const float* kpack, const float* vpack) {
   const hn::ScalableTag<float> df;
