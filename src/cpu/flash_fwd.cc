@@ -17,8 +17,8 @@
 // so a key tile is first packed to contiguous f32 rows; within a chunk it is packed once, on its
 // first visit, and its slot is freed after the chunk's last visit of it: a window's tile is
 // reused by the next query tiles, a random layout's and dense attention's by every query tile
-// and head of the chunk. Packed slots per thread are capped (kPackBudget, 8 MiB); past the cap
-// a tile is packed for one visit. Extra memory: O(1) in N (the cap, a few tiles per thread,
+// and head of the chunk. Packed slots per thread are capped (FlashFwdTuning, 8 MiB); past the
+// cap a tile is packed for one visit. Extra memory: O(1) in N (the cap, a few tiles per thread,
 // and the mask's layout).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/flash_fwd.cc"
@@ -26,9 +26,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <memory>
+#include <new>
 #include <optional>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "core/mask_plan.h"
 #include "core/thread_pool.h"
@@ -37,6 +45,7 @@
 #include "cpu/pack-inl.h"
 #include "cpu/softmax-inl.h"
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -46,7 +55,6 @@ namespace {
 constexpr int64_t kBq = 128;   // queries per tile (columns of st: a multiple of kColAlign)
 constexpr int64_t kBk = 64;    // keys per tile
 constexpr int64_t kHalf = 64;  // queries per block of a mask's layout: a tile is two halves
-constexpr int64_t kPackBudget = int64_t{8} << 20;  // bytes of packed key tiles per thread
 
 // How a visited key tile's logits are masked.
 enum class TileKind : uint8_t {
@@ -65,18 +73,48 @@ struct Visit {
   uint8_t partial;
 };
 
-// Packed key tiles of one thread. Slot s holds key block slot_of⁻¹(s): K rows, then V rows,
-// [2][kBk][Dp], rows past the sequence's end zero.
+// Packed key tiles of one thread, in slots of one arena. A slot holds one key block's K rows,
+// then its V rows, [2][kBk][Dp], rows past the sequence's end zero.
 struct KvCache {
-  int64_t tile_floats = 0, max_slots = 0;
-  std::vector<hwy::AlignedFreeUniquePtr<float[]>> slots;  // allocated as the live set grows
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  int64_t tile_floats = 0, max_slots = 0, capacity = 0;
+  std::unique_ptr<float[], Free> arena;  // [capacity][tile_floats]
   std::vector<int32_t> free_slots;
-  std::vector<int32_t> slot_of;   // [key blocks] slot, −1 when not packed
-  std::vector<int32_t> last_use;  // [key blocks] last query tile of the chunk visiting it
-  hwy::AlignedFreeUniquePtr<float[]> transient;  // past the budget: packed for one visit
+  std::vector<int32_t> slot_of;    // [key blocks] slot, −1 when not packed
+  std::vector<int32_t> uses;       // [key blocks] visits in the chunk
+  std::vector<int32_t> first_use;  // [key blocks] first and last query tile of the chunk visiting it
+  std::vector<int32_t> last_use;
+  hwy::AlignedFreeUniquePtr<float[]> transient;  // a tile packed for one visit
+
+  float* slot(int64_t s) const { return arena.get() + s * tile_floats; }
+  // At least `slots` slots, and not many more (existing contents are dropped: called between
+  // chunks). An arena of 2 MiB or more asks for transparent huge pages: its first touch then
+  // costs a few page faults instead of one per 4 KiB.
+  void reserve(int64_t slots) {
+    constexpr int64_t kSlack = 64;
+    if (slots <= capacity && capacity <= slots + kSlack) return;
+    if (slots == 0) {
+      arena.reset();
+      capacity = 0;
+      return;
+    }
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t bytes = static_cast<size_t>(slots * tile_floats) * sizeof(float);
+    const size_t align = bytes >= kHuge ? kHuge : 64;
+    const size_t rounded = (bytes + align - 1) / align * align;
+    arena.reset(static_cast<float*>(std::aligned_alloc(align, rounded)));
+    if (arena == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (align == kHuge) madvise(arena.get(), rounded, MADV_HUGEPAGE);
+#endif
+    capacity = slots;
+  }
 };
 
 struct FwdScratch {
+  int64_t Dp;
   hwy::AlignedFreeUniquePtr<float[]> mem;
   hwy::AlignedFreeUniquePtr<uint8_t[]> keep_mem;
   float *qt, *st, *o, *m, *l, *alpha;
@@ -84,8 +122,9 @@ struct FwdScratch {
   std::vector<Visit> visits;
   KvCache cache;
 
-  explicit FwdScratch(int64_t Dp)
-      : mem(hwy::AllocateAligned<float>(Dp * kBq * 2 + kBk * kBq + 3 * kBq)),
+  FwdScratch(int64_t Dp_, int64_t pack_budget)
+      : Dp(Dp_),
+        mem(hwy::AllocateAligned<float>(Dp * kBq * 2 + kBk * kBq + 3 * kBq)),
         keep_mem(hwy::AllocateAligned<uint8_t>(kBk * kBq)) {
     qt = mem.get();      // [Dp][kBq]
     st = qt + Dp * kBq;  // [kBk][kBq]
@@ -95,10 +134,19 @@ struct FwdScratch {
     alpha = l + kBq;     // [kBq]
     keep = keep_mem.get();
     cache.tile_floats = 2 * kBk * Dp;
-    cache.max_slots = std::max<int64_t>(1, kPackBudget / (cache.tile_floats * static_cast<int64_t>(sizeof(float))));
+    cache.max_slots = pack_budget / (cache.tile_floats * static_cast<int64_t>(sizeof(float)));
     cache.transient = hwy::AllocateAligned<float>(cache.tile_floats);
   }
 };
+
+// The calling thread's workspace, kept between calls so that its pages (and a packed-tile
+// arena of up to the budget) are not faulted in again by every call.
+FwdScratch& ThreadScratch(int64_t Dp, int64_t pack_budget) {
+  thread_local std::unique_ptr<FwdScratch> s;
+  if (s == nullptr || s->Dp != Dp) s = std::make_unique<FwdScratch>(Dp, pack_budget);
+  s->cache.max_slots = pack_budget / (s->cache.tile_floats * static_cast<int64_t>(sizeof(float)));
+  return *s;
+}
 
 // Query tiles [t0, t1) of one sequence, for every query head of KV head hk.
 struct Chunk {
@@ -158,20 +206,19 @@ HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Seq
     }
 }
 
-// The packed rows of key block kb, K then V ([2][kBk][Dp]), packed on the chunk's first visit.
+// The packed rows of key block kb, K then V ([2][kBk][Dp]): on its first visit of the chunk
+// packed into a slot that stays until its last visit, or, for a block visited once or past the
+// budget, into the transient tile.
 const float* PackedTile(const TensorView& k, const TensorView& v, const Sequence& sq, int64_t hk, int64_t D,
                         int64_t Dp, int64_t kb, KvCache& c) {
   int32_t slot = c.slot_of[kb];
-  if (slot >= 0) return c.slots[slot].get();
-  if (!c.free_slots.empty()) {
+  if (slot >= 0) return c.slot(slot);
+  if (c.uses[kb] > 1 && !c.free_slots.empty()) {
     slot = c.free_slots.back();
     c.free_slots.pop_back();
-  } else if (static_cast<int64_t>(c.slots.size()) < c.max_slots) {
-    slot = static_cast<int32_t>(c.slots.size());
-    c.slots.push_back(hwy::AllocateAligned<float>(c.tile_floats));
+    c.slot_of[kb] = slot;
   }
-  float* dst = slot >= 0 ? c.slots[slot].get() : c.transient.get();
-  c.slot_of[kb] = slot;
+  float* dst = slot >= 0 ? c.slot(slot) : c.transient.get();
   const int64_t j0 = kb * kBk, n = std::min(kBk, sq.nk - j0);
   const int64_t kbase = offset4(k, sq.batch, sq.k0 + j0, hk, 0), vbase = offset4(v, sq.batch, sq.k0 + j0, hk, 0);
   float* kd = dst;             // [kBk][Dp]
@@ -203,10 +250,24 @@ void ComputeBlock(const float* kp, const float* vp, int64_t D, int64_t Dp, int64
                                 Dp, s.alpha + c0);
 }
 
+// Requests rows [r0, r1) of query tile (i0, h) of q.
+HWY_INLINE void PrefetchQueryRows(const TensorView& q, const Sequence& sq, int64_t h, int64_t i0, int64_t r0,
+                                  int64_t r1, int64_t D) {
+  const int64_t esize = dtype_size(q.dtype), bytes = D * esize;
+  const char* base = static_cast<const char*>(q.data) + offset4(q, sq.batch, sq.q0 + i0, h, 0) * esize;
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(base + r * q.strides[1] * esize + x);
+}
+
+// The query tile that a thread computes after this one, whose rows are prefetched meanwhile.
+struct NextTile {
+  int64_t h = -1, i0 = 0, nq = 0;  // h < 0: none
+};
+
 // One query tile [i0, i0 + nq) of head h over its key tiles (s.visits).
 void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                  const TensorView& out, const TensorView& lse, const MaskPlan* plan, int64_t seq, int64_t h,
-                 int64_t i0, FwdScratch& s) {
+                 int64_t i0, const NextTile& next, bool stream_out, FwdScratch& s) {
   const hn::ScalableTag<float> df;
   const int64_t W = 2 * static_cast<int64_t>(hn::Lanes(df));  // TileProduct's column step
   const Sequence& sq = pr.seqs[seq];
@@ -229,8 +290,15 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
   std::fill(s.l, s.l + kBq, 0.0f);
 
   KvCache& c = s.cache;
+  // The next tile's query rows lie H·D apart too: a share of them before each visit.
+  const int64_t q_share = s.visits.empty() ? 0 : (next.nq + static_cast<int64_t>(s.visits.size()) - 1) /
+                                                     static_cast<int64_t>(s.visits.size());
   for (size_t vi = 0; vi < s.visits.size(); ++vi) {
     const Visit& t = s.visits[vi];
+    if (next.h >= 0 && q.strides[3] == 1) {
+      const int64_t r0 = static_cast<int64_t>(vi) * q_share;
+      PrefetchQueryRows(q, sq, next.h, next.i0, r0, std::min(next.nq, r0 + q_share), D);
+    }
     // Rows of a tile not packed yet lie H·D apart, two or so per page: the hardware prefetcher
     // does not follow them across pages, so they are requested one tile ahead.
     if (vi + 1 < s.visits.size() && can_prefetch && c.slot_of[s.visits[vi + 1].kb] < 0) {
@@ -295,7 +363,13 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const float* oi = s.o + i * Dp;
     if (out.dtype == DType::f32 && out.strides[3] == 1) {
       float* dst = static_cast<float*>(out.data) + base;
-      for (int64_t d = 0; d < D; ++d) dst[d] = oi[d] * inv;
+      const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+      if (stream_out && D % L == 0 && reinterpret_cast<uintptr_t>(dst) % (L * sizeof(float)) == 0) {
+        const auto vinv = hn::Set(df, inv);
+        for (int64_t d = 0; d < D; d += L) hn::Stream(hn::Mul(hn::LoadU(df, oi + d), vinv), df, dst + d);
+      } else {
+        for (int64_t d = 0; d < D; ++d) dst[d] = oi[d] * inv;
+      }
     } else {
       for (int64_t d = 0; d < D; ++d) store_f32(out, base + d * out.strides[3], oi[d] * inv);
     }
@@ -310,27 +384,49 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
 // freed after the last query tile of the chunk that visits it.
 void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                   const TensorView& out, const TensorView& lse, const MaskPlan* plan, const Chunk& ch,
-                  FwdScratch& s) {
+                  bool stream_out, FwdScratch& s) {
   const Sequence& sq = pr.seqs[ch.seq];
   const int64_t h_first = ch.hk * pr.group(), h_end = h_first + pr.group();
   KvCache& c = s.cache;
   const int64_t kblocks = (sq.nk + kBk - 1) / kBk;
   c.slot_of.assign(kblocks, -1);
+  c.uses.assign(kblocks, 0);
+  c.first_use.assign(kblocks, -1);
   c.last_use.assign(kblocks, -1);
-  c.free_slots.clear();
-  for (int32_t i = static_cast<int32_t>(c.slots.size()) - 1; i >= 0; --i) c.free_slots.push_back(i);
   for (int64_t t = ch.t0; t < ch.t1; ++t) {
     const int64_t i0 = t * kBq, nq = std::min(kBq, sq.nq - i0);
     for (int64_t h = h_first; h < h_end; ++h) {
       ListKeyTiles(pr, plan, ch.seq, h, i0, nq, s.visits);
-      for (const Visit& x : s.visits) c.last_use[x.kb] = static_cast<int32_t>(t);
+      for (const Visit& x : s.visits) {
+        if (c.uses[x.kb]++ == 0) c.first_use[x.kb] = static_cast<int32_t>(t);
+        c.last_use[x.kb] = static_cast<int32_t>(t);
+      }
     }
   }
+  // Slots: the most blocks visited more than once that are live at one query tile, up to the
+  // budget.
+  std::vector<int32_t> live(static_cast<size_t>(ch.t1 - ch.t0 + 1), 0);
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    if (c.uses[kb] < 2) continue;
+    ++live[c.first_use[kb] - ch.t0];
+    --live[c.last_use[kb] + 1 - ch.t0];
+  }
+  int64_t peak = 0;
+  for (int64_t t = 0, n = 0; t < ch.t1 - ch.t0; ++t) peak = std::max(peak, n += live[t]);
+  c.reserve(std::min(peak, c.max_slots));
+  c.free_slots.clear();
+  for (int32_t i = static_cast<int32_t>(std::min(c.capacity, c.max_slots)) - 1; i >= 0; --i) c.free_slots.push_back(i);
   for (int64_t t = ch.t0; t < ch.t1; ++t) {
     const int64_t i0 = t * kBq, nq = std::min(kBq, sq.nq - i0);
     for (int64_t h = h_first; h < h_end; ++h) {
+      NextTile next;
+      if (h + 1 < h_end) {
+        next = {h + 1, i0, nq};
+      } else if (t + 1 < ch.t1) {
+        next = {h_first, i0 + kBq, std::min(kBq, sq.nq - i0 - kBq)};
+      }
       ListKeyTiles(pr, plan, ch.seq, h, i0, nq, s.visits);
-      ForwardTile(pr, q, k, v, out, lse, plan, ch.seq, h, i0, s);
+      ForwardTile(pr, q, k, v, out, lse, plan, ch.seq, h, i0, next, stream_out, s);
     }
     for (int64_t h = h_end - 1; h >= h_first; --h) {  // s.visits holds the last head's list
       if (h + 1 < h_end) ListKeyTiles(pr, plan, ch.seq, h, i0, nq, s.visits);
@@ -351,11 +447,13 @@ void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, c
   std::optional<MaskPlan> plan;
   if (pr.mask != nullptr) plan = plan_mask(pr, kHalf, kBk);
   ThreadPool& tp = pool();
-  // Chunks of `run` query tiles, at least 8 per thread in all so that the last ones balance
-  // the threads; the latest tiles of each sequence first (causal: they see the most keys).
+  const FlashFwdTuning tune = flash_fwd_tuning();
+  // Chunks of `run` query tiles, several per thread in all so that the last ones balance the
+  // threads; the latest tiles of each sequence first (causal: they see the most keys).
   int64_t total_tiles = 0;
   for (const Sequence& sq : pr.seqs) total_tiles += (sq.nq + kBq - 1) / kBq * pr.heads_kv;
-  const int64_t run = std::max<int64_t>(1, total_tiles / (8 * static_cast<int64_t>(tp.size())));
+  const int64_t run =
+      std::max<int64_t>(1, total_tiles / std::max<int64_t>(1, tune.chunks_per_thread * tp.size()));
   std::vector<Chunk> chunks;
   for (size_t si = 0; si < pr.seqs.size(); ++si) {
     const int64_t tiles = (pr.seqs[si].nq + kBq - 1) / kBq;
@@ -363,11 +461,15 @@ void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, c
       for (int64_t hk = 0; hk < pr.heads_kv; ++hk)
         chunks.push_back({static_cast<int32_t>(si), static_cast<int32_t>(hk), std::max<int64_t>(0, t1 - run), t1});
   }
-  std::vector<FwdScratch> scratch;
-  scratch.reserve(tp.size());
-  for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(pad_cols(pr.head_dim));
-  tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int thread) {
-    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], scratch[thread]);
+  // Outputs larger than the caches are written with streaming stores (no read of the lines
+  // they replace); smaller ones stay in cache for whoever reads them next.
+  int64_t rows = 0;
+  for (const Sequence& sq : pr.seqs) rows += sq.nq;
+  const bool stream_out = rows * pr.heads_q * pr.head_dim * dtype_size(out.dtype) >= tune.stream_out_bytes;
+  tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int) {
+    FwdScratch& s = ThreadScratch(pad_cols(pr.head_dim), tune.pack_budget_bytes);
+    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], stream_out, s);
+    if (stream_out) hwy::FlushStream();
   });
 }
 
@@ -376,6 +478,10 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace attnkit::cpu {
+FlashFwdTuning& flash_fwd_tuning() {
+  static FlashFwdTuning tuning;
+  return tuning;
+}
 HWY_EXPORT(FlashForward);
 void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& out, const TensorView& lse) {
