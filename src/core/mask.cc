@@ -232,6 +232,21 @@ struct GlobalNode final : Node {
     if (rows == r.i_hi - r.i_lo || keys == r.j_hi - r.j_lo) return BlockKind::full;
     return rows == 0 && keys == 0 ? BlockKind::empty : BlockKind::partial;
   }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    const int64_t rows = count(i_lo + c.diag(), i_hi + c.diag());
+    auto g = pos.begin();  // the first global position at or past the key block
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      const int64_t j_lo = kb * block_k, j_hi = std::min(c.nk, j_lo + block_k);
+      while (g != pos.end() && *g < j_lo) ++g;
+      auto e = g;
+      while (e != pos.end() && *e < j_hi) ++e;
+      const int64_t keys = e - g;
+      out[kb] = rows == i_hi - i_lo || keys == j_hi - j_lo ? BlockKind::full
+                : rows == 0 && keys == 0                  ? BlockKind::empty
+                                                          : BlockKind::partial;
+    }
+  }
   void validate(int64_t, int64_t nk, int64_t) const override {
     if (!pos.empty() && pos.back() >= nk) {
       throw Error(fmt::format("params.mask: global token position {} is out of range: expected positions below the "

@@ -25,6 +25,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -87,14 +88,16 @@ struct KvCache {
   std::vector<int32_t> first_use;  // [key blocks] first and last query tile of the chunk visiting it
   std::vector<int32_t> last_use;
   hwy::AlignedFreeUniquePtr<float[]> transient;  // a tile packed for one visit
+  uint64_t call = 0;  // the FlashForward call this thread last worked for
 
   float* slot(int64_t s) const { return arena.get() + s * tile_floats; }
-  // At least `slots` slots, and not many more (existing contents are dropped: called between
-  // chunks). An arena of 2 MiB or more asks for transparent huge pages: its first touch then
-  // costs a few page faults instead of one per 4 KiB.
-  void reserve(int64_t slots) {
-    constexpr int64_t kSlack = 64;
-    if (slots <= capacity && capacity <= slots + kSlack) return;
+  // At least `slots` slots (existing contents are dropped: called between chunks). Within a
+  // call the arena only grows; the first chunk of a call shrinks one more than twice as large
+  // as it needs, so that a large call's arena does not stay with small calls after it. An arena
+  // of 2 MiB or more asks for transparent huge pages: its first touch then costs a few page
+  // faults instead of one per 4 KiB.
+  void reserve(int64_t slots, bool first_of_call) {
+    if (slots <= capacity && !(first_of_call && capacity > 2 * slots + 16)) return;
     if (slots == 0) {
       arena.reset();
       capacity = 0;
@@ -384,7 +387,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
 // freed after the last query tile of the chunk that visits it.
 void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                   const TensorView& out, const TensorView& lse, const MaskPlan* plan, const Chunk& ch,
-                  bool stream_out, FwdScratch& s) {
+                  bool stream_out, uint64_t call, FwdScratch& s) {
   const Sequence& sq = pr.seqs[ch.seq];
   const int64_t h_first = ch.hk * pr.group(), h_end = h_first + pr.group();
   KvCache& c = s.cache;
@@ -413,7 +416,8 @@ void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, c
   }
   int64_t peak = 0;
   for (int64_t t = 0, n = 0; t < ch.t1 - ch.t0; ++t) peak = std::max(peak, n += live[t]);
-  c.reserve(std::min(peak, c.max_slots));
+  c.reserve(std::min(peak, c.max_slots), c.call != call);
+  c.call = call;
   c.free_slots.clear();
   for (int32_t i = static_cast<int32_t>(std::min(c.capacity, c.max_slots)) - 1; i >= 0; --i) c.free_slots.push_back(i);
   for (int64_t t = ch.t0; t < ch.t1; ++t) {
@@ -466,9 +470,11 @@ void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, c
   int64_t rows = 0;
   for (const Sequence& sq : pr.seqs) rows += sq.nq;
   const bool stream_out = rows * pr.heads_q * pr.head_dim * dtype_size(out.dtype) >= tune.stream_out_bytes;
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = ++calls;
   tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int) {
     FwdScratch& s = ThreadScratch(pad_cols(pr.head_dim), tune.pack_budget_bytes);
-    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], stream_out, s);
+    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], stream_out, call, s);
     if (stream_out) hwy::FlushStream();
   });
 }
