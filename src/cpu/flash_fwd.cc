@@ -366,10 +366,12 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const float* oi = s.o + i * Dp;
     if (out.dtype == DType::f32 && out.strides[3] == 1) {
       float* dst = static_cast<float*>(out.data) + base;
-      const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-      if (stream_out && D % L == 0 && reinterpret_cast<uintptr_t>(dst) % (L * sizeof(float)) == 0) {
-        const auto vinv = hn::Set(df, inv);
-        for (int64_t d = 0; d < D; d += L) hn::Stream(hn::Mul(hn::LoadU(df, oi + d), vinv), df, dst + d);
+      // Streaming stores of (up to) 4 floats: 16-byte alignment is what a malloc'd buffer has.
+      const hn::CappedTag<float, 4> d4;
+      const int64_t L4 = static_cast<int64_t>(hn::Lanes(d4));
+      if (stream_out && D % L4 == 0 && reinterpret_cast<uintptr_t>(dst) % (L4 * sizeof(float)) == 0) {
+        const auto vinv = hn::Set(d4, inv);
+        for (int64_t d = 0; d < D; d += L4) hn::Stream(hn::Mul(hn::LoadU(d4, oi + d), vinv), d4, dst + d);
       } else {
         for (int64_t d = 0; d < D; ++d) dst[d] = oi[d] * inv;
       }
