@@ -420,12 +420,21 @@ struct PerHeadNode final : Node {
 struct BinaryNode final : Node {
   NodePtr a, b;
   bool is_and;
-  BinaryNode(NodePtr x, NodePtr y, bool conj) : a(std::move(x)), b(std::move(y)), is_and(conj) {}
+  NodePtr window;  // set when the node is the intersection of two windows: that one window
+  BinaryNode(NodePtr x, NodePtr y, bool conj) : a(std::move(x)), b(std::move(y)), is_and(conj) {
+    // causal & window(w − 1, 0), the sliding window, is one window: one fill pass, not three.
+    const auto* wa = dynamic_cast<const WindowNode*>(a.get());
+    const auto* wb = dynamic_cast<const WindowNode*>(b.get());
+    if (is_and && wa != nullptr && wb != nullptr) {
+      window = std::make_shared<WindowNode>(std::min(wa->left, wb->left), std::min(wa->right, wb->right));
+    }
+  }
   bool keep(const Call& c, int64_t i, int64_t j) const override {
     return is_and ? a->keep(c, i, j) && b->keep(c, i, j) : a->keep(c, i, j) || b->keep(c, i, j);
   }
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
+    if (window != nullptr) return window->fill(c, q0, k0, rows, cols, out, ld);
     a->fill(c, q0, k0, rows, cols, out, ld);
     // The second operand in a stack buffer for kernel tiles, on the heap for larger ones.
     constexpr int64_t kStack = 64 * 128;
@@ -450,6 +459,7 @@ struct BinaryNode final : Node {
     return combine(x, b->classify(c, r));
   }
   void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    if (window != nullptr) return window->classify_row(c, i_lo, i_hi, block_k, out);
     const int64_t kblocks = (c.nk + block_k - 1) / block_k;
     a->classify_row(c, i_lo, i_hi, block_k, out);
     std::vector<BlockKind> y(static_cast<size_t>(kblocks));
