@@ -87,13 +87,14 @@ struct KvCache {
   std::vector<int32_t> uses;       // [key blocks] visits in the chunk
   std::vector<int32_t> first_use;  // [key blocks] first and last query tile of the chunk visiting it
   std::vector<int32_t> last_use;
+  std::vector<int32_t> live;       // [query tiles of the chunk + 1] blocks that become live − die
   hwy::AlignedFreeUniquePtr<float[]> transient;  // a tile packed for one visit
   uint64_t call = 0;  // the FlashForward call this thread last worked for
 
   float* slot(int64_t s) const { return arena.get() + s * tile_floats; }
-  // At least `slots` slots (existing contents are dropped: called between chunks). Within a
-  // call the arena only grows; the first chunk of a call shrinks one more than twice as large
-  // as it needs, so that a large call's arena does not stay with small calls after it. An arena
+  // At least `slots` slots (existing contents are dropped: called between chunks). A call asks
+  // every chunk for the same number; the first chunk of a call shrinks an arena more than twice
+  // as large, so that a large call's arena does not stay with small calls after it. An arena
   // of 2 MiB or more asks for transparent huge pages: its first touch then costs a few page
   // faults instead of one per 4 KiB.
   void reserve(int64_t slots, bool first_of_call) {
@@ -384,15 +385,13 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
   }
 }
 
-// Every query tile of the chunk, for every query head of its KV group; a key tile's slot is
-// freed after the last query tile of the chunk that visits it.
-void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
-                  const TensorView& out, const TensorView& lse, const MaskPlan* plan, const Chunk& ch,
-                  bool stream_out, uint64_t call, FwdScratch& s) {
+// The chunk's visits per key block (uses, first and last query tile) into s.cache, and the most
+// blocks visited more than once that are live at one query tile: the slots the chunk can use.
+int64_t ChunkUses(const Problem& pr, const MaskPlan* plan, const Chunk& ch, FwdScratch& s) {
   const Sequence& sq = pr.seqs[ch.seq];
   const int64_t h_first = ch.hk * pr.group(), h_end = h_first + pr.group();
-  KvCache& c = s.cache;
   const int64_t kblocks = (sq.nk + kBk - 1) / kBk;
+  KvCache& c = s.cache;
   c.slot_of.assign(kblocks, -1);
   c.uses.assign(kblocks, 0);
   c.first_use.assign(kblocks, -1);
@@ -407,17 +406,27 @@ void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, c
       }
     }
   }
-  // Slots: the most blocks visited more than once that are live at one query tile, up to the
-  // budget.
-  std::vector<int32_t> live(static_cast<size_t>(ch.t1 - ch.t0 + 1), 0);
+  c.live.assign(static_cast<size_t>(ch.t1 - ch.t0 + 1), 0);
   for (int64_t kb = 0; kb < kblocks; ++kb) {
     if (c.uses[kb] < 2) continue;
-    ++live[c.first_use[kb] - ch.t0];
-    --live[c.last_use[kb] + 1 - ch.t0];
+    ++c.live[c.first_use[kb] - ch.t0];
+    --c.live[c.last_use[kb] + 1 - ch.t0];
   }
   int64_t peak = 0;
-  for (int64_t t = 0, n = 0; t < ch.t1 - ch.t0; ++t) peak = std::max(peak, n += live[t]);
-  c.reserve(std::min(peak, c.max_slots), c.call != call);
+  for (int64_t t = 0, n = 0; t < ch.t1 - ch.t0; ++t) peak = std::max(peak, n += c.live[t]);
+  return peak;
+}
+
+// Every query tile of the chunk, for every query head of its KV group, with `slots` packed
+// slots; a key tile's slot is freed after the last query tile of the chunk that visits it.
+void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& out, const TensorView& lse, const MaskPlan* plan, const Chunk& ch,
+                  bool stream_out, uint64_t call, int64_t slots, FwdScratch& s) {
+  const Sequence& sq = pr.seqs[ch.seq];
+  const int64_t h_first = ch.hk * pr.group(), h_end = h_first + pr.group();
+  KvCache& c = s.cache;
+  ChunkUses(pr, plan, ch, s);
+  c.reserve(std::min(slots, c.max_slots), c.call != call);
   c.call = call;
   c.free_slots.clear();
   for (int32_t i = static_cast<int32_t>(std::min(c.capacity, c.max_slots)) - 1; i >= 0; --i) c.free_slots.push_back(i);
@@ -471,11 +480,18 @@ void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, c
   int64_t rows = 0;
   for (const Sequence& sq : pr.seqs) rows += sq.nq;
   const bool stream_out = rows * pr.heads_q * pr.head_dim * dtype_size(out.dtype) >= tune.stream_out_bytes;
+  // Every thread's arena holds the slots of the call's most demanding chunk, so that it is
+  // sized once per call.
+  std::vector<int64_t> peaks(chunks.size());
+  tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int) {
+    peaks[i] = ChunkUses(pr, plan ? &*plan : nullptr, chunks[i], ThreadScratch(pad_cols(pr.head_dim), tune.pack_budget_bytes));
+  });
+  const int64_t slots = peaks.empty() ? 0 : *std::max_element(peaks.begin(), peaks.end());
   static std::atomic<uint64_t> calls{0};
   const uint64_t call = ++calls;
   tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int) {
     FwdScratch& s = ThreadScratch(pad_cols(pr.head_dim), tune.pack_budget_bytes);
-    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], stream_out, call, s);
+    ForwardChunk(pr, q, k, v, out, lse, plan ? &*plan : nullptr, chunks[i], stream_out, call, slots, s);
     if (stream_out) hwy::FlushStream();
   });
 }
