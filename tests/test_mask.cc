@@ -83,6 +83,34 @@ TEST_P(MaskParts, FillAgreesWithElementPredicate) {
   }
 }
 
+// describe() counts the kept pairs exactly (bench_sparse's kept ratios and GFLOP/s rest on it).
+TEST_P(MaskParts, DescribeCountsKeptPairs) {
+  const Mask& m = GetParam().mask;
+  for (auto [nq, nk, block] : {std::tuple{40, 48, 16}, {33, 45, 64}}) {
+    for (int64_t h = 0; h < 2; ++h) {
+      int64_t pairs = 0;
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < nk; ++j) pairs += m.keep(0, h, i, j, nq, nk);
+      EXPECT_EQ(describe(m, nq, nk, h, block).kept_pairs, pairs) << GetParam().name << " head " << h;
+    }
+  }
+}
+
+// The same for bench_sparse's presets, at a length where each has full, partial and empty blocks.
+TEST(Mask, DescribeCountsKeptPairsOfBenchPresets) {
+  const int64_t n = 700;
+  const Mask presets[] = {sliding_window(512), Mask::random_blocks(2, 64, 2026), longformer(512, {0, 1, 2, 3, 4, 5, 6, 7}),
+                          bigbird(512, {0, 1, 2, 3, 4, 5, 6, 7}, 3, 2026), sparse_transformer_strided(128, 64)};
+  for (const Mask& m : presets) {
+    for (int64_t h = 0; h < 2; ++h) {
+      int64_t pairs = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) pairs += m.keep(0, h, i, j, n, n);
+      EXPECT_EQ(describe(m, n, n, h).kept_pairs, pairs) << m.to_string() << " head " << h;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, MaskParts, ::testing::ValuesIn(masks()),
                          [](const auto& info) { return info.param.name; });
 

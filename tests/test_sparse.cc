@@ -9,6 +9,7 @@
 
 #include "attnkit/mask.h"
 #include "core/problem.h"
+#include "cpu/kernels.h"
 #include "reference/attention_ref.h"
 #include "test_util.h"
 
@@ -203,6 +204,73 @@ TEST(SparseEdge, EmptyMaskGivesZeros) {
     backward(in.q.view, in.k.view, in.v.view, out.view, in.dout.view, lse.view, dq.view, dk.view, dv.view, in.params);
     for (const HostTensor* g : {&dq, &dk, &dv})
       for (int64_t i = 0; i < g->numel(); ++i) ASSERT_EQ(g->get(i), 0.0f) << to_string(algo);
+  }
+}
+
+// The flash forward's chunks (runs of query tiles of a KV group sharing packed key tiles,
+// released after their last visit) and its over-budget path (a tile packed for one visit),
+// reached at small sizes by shrinking its tuning: masks of every kind, heads with different
+// masks in one GQA group, dense and causal calls without a mask, cross attention, varlen, bf16,
+// empty rows, sizes that leave a last tile of one 64-query half or less.
+TEST(SparseChunks, ForwardMatchesReferenceAtEveryBudget) {
+  struct Run {
+    Case c;
+    bool masked = true;
+  };
+  const std::vector<Run> runs = {
+      {{.name = "sliding_window", .mask = sliding_window(100), .Nq = 600, .Nk = 600, .Hq = 1, .Hkv = 1}},
+      {{.name = "random_blocks", .mask = Mask::random_blocks(3, 64, 1), .Nq = 650, .Nk = 700}},
+      {{.name = "bigbird", .mask = bigbird(128, {0, 7, 300}, 2, 5), .Nq = 520, .Nk = 520}},
+      {{.name = "sparse_transformer", .mask = sparse_transformer_strided(128, 64), .Nq = 600, .Nk = 600}},
+      {{.name = "gqa_per_head",
+        .mask = Mask::per_head({sliding_window(70), Mask::random_blocks(2, 64, 3), longformer(64, {5}),
+                                Mask::strided(2, 64)}),
+        .Nq = 460, .Nk = 530, .Hq = 4, .Hkv = 2}},
+      {{.name = "varlen", .mask = longformer(90, {1}), .Nq = 700, .Nk = 700, .Hq = 2, .Hkv = 1,
+        .cu_q = {0, 300, 300, 700}, .cu_k = {0, 250, 400, 700}}},
+      {{.name = "bf16", .mask = bigbird(64, {0}, 1, 2), .Nq = 400, .Nk = 400, .D = 64, .dtype = DType::bf16}},
+      {{.name = "empty_rows", .mask = Mask::predicate([](int64_t, int64_t, int64_t i, int64_t j) {
+          return i % 4 != 0 && (i + j) % 3 != 0;
+        }),
+        .Nq = 300, .Nk = 200, .causal = true}},
+      {{.name = "dense", .mask = Mask(), .Nq = 450, .Nk = 520, .Hq = 4, .Hkv = 2}, false},
+      {{.name = "dense_causal", .mask = Mask(), .Nq = 380, .Nk = 600, .causal = true}, false},
+  };
+  cpu::FlashFwdTuning& tune = cpu::flash_fwd_tuning();
+  const cpu::FlashFwdTuning saved = tune;
+  struct Restore {
+    cpu::FlashFwdTuning& t;
+    cpu::FlashFwdTuning saved;
+    ~Restore() { t = saved; }
+  } restore{tune, saved};
+  for (const Run& run : runs) {
+    const Case& c = run.c;
+    const int64_t tile_bytes = 2 * 64 * cpu::pad_cols(c.D) * 4;  // one packed key tile
+    for (auto [budget, chunks] : {std::pair{int64_t{0}, int64_t{1}}, {3 * tile_bytes, 1}, {saved.pack_budget_bytes, 1},
+                                  {saved.pack_budget_bytes, saved.chunks_per_thread}}) {
+      tune.pack_budget_bytes = budget;
+      tune.chunks_per_thread = chunks;
+      tune.stream_out_bytes = chunks == 1 ? 0 : saved.stream_out_bytes;  // streaming stores in 3 of 4 runs
+      std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name));
+      Inputs in = make_inputs(c, rng);
+      if (run.masked) in.params.mask = &in.mask;
+      HostTensor out(c.dtype, {1, c.Nq, c.Hq, c.D}), lse(DType::f32, {1, c.Hq, c.Nq});
+      out.poison();
+      lse.poison();
+      forward(in.q.view, in.k.view, in.v.view, out.view, in.params, lse.view);
+      const ref::ForwardResult r =
+          ref::forward(in.pr, in.q.view, in.k.view, in.v.view, run.masked ? keep_of(in) : ref::KeepFn{});
+      const std::string what = c.name + " budget " + std::to_string(budget) + " chunks/thread " + std::to_string(chunks);
+      expect_close(out, r.out, tolerance(c.dtype, false), what + " out");
+      std::vector<double> finite_lse = r.lse;
+      for (size_t i = 0; i < r.lse.size(); ++i) {
+        if (std::isinf(r.lse[i])) {
+          ASSERT_EQ(lse.get(static_cast<int64_t>(i)), -std::numeric_limits<float>::infinity()) << what << " " << i;
+          finite_lse[i] = std::numeric_limits<double>::quiet_NaN();
+        }
+      }
+      expect_close(lse, finite_lse, tolerance(DType::f32, false) * 10, what + " lse");
+    }
   }
 }
 

@@ -34,6 +34,15 @@ struct Mask::Node {
   virtual void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
                     int64_t ld) const = 0;
   virtual BlockKind classify(const Call& c, const Rect& r) const = 0;
+  // classify() of every key block of one row of blocks: out[kb] for the rectangles
+  // [i_lo, i_hi) × [kb · block_k, min(nk, (kb + 1) · block_k)). Parts whose classification has a
+  // per-row cost (random blocks draw their sets) override it to pay that cost once per row.
+  virtual void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      out[kb] = classify(c, {i_lo, i_hi, kb * block_k, std::min(c.nk, (kb + 1) * block_k)});
+    }
+  }
   virtual void validate(int64_t /*nq*/, int64_t /*nk*/, int64_t /*heads*/) const {}
   virtual bool head_dependent() const { return false; }
   virtual bool batch_dependent() const { return false; }
@@ -202,14 +211,19 @@ struct GlobalNode final : Node {
   bool keep(const Call& c, int64_t i, int64_t j) const override { return is_global(i + c.diag()) || is_global(j); }
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
-    std::vector<uint8_t> col_global(cols);
-    for (int64_t col = 0; col < cols; ++col) col_global[col] = is_global(q0 + col + c.diag());
+    // Rows of non-global keys keep only the global queries' columns: zeros, then a 1 at each
+    // global position among the tile's queries.
+    const int64_t p0 = q0 + c.diag();
+    const auto first = std::lower_bound(pos.begin(), pos.end(), p0), last = std::lower_bound(first, pos.end(), p0 + cols);
+    auto k_global = std::lower_bound(pos.begin(), pos.end(), k0);
     for (int64_t r = 0; r < rows; ++r) {
       uint8_t* o = out + r * ld;
-      if (is_global(k0 + r)) {
+      while (k_global != pos.end() && *k_global < k0 + r) ++k_global;
+      if (k_global != pos.end() && *k_global == k0 + r) {
         std::fill(o, o + cols, uint8_t{1});
       } else {
-        std::copy(col_global.begin(), col_global.end(), o);
+        std::fill(o, o + cols, uint8_t{0});
+        for (auto g = first; g != last; ++g) o[*g - p0] = 1;
       }
     }
   }
@@ -217,6 +231,21 @@ struct GlobalNode final : Node {
     const int64_t rows = count(r.i_lo + c.diag(), r.i_hi + c.diag()), keys = count(r.j_lo, r.j_hi);
     if (rows == r.i_hi - r.i_lo || keys == r.j_hi - r.j_lo) return BlockKind::full;
     return rows == 0 && keys == 0 ? BlockKind::empty : BlockKind::partial;
+  }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    const int64_t rows = count(i_lo + c.diag(), i_hi + c.diag());
+    auto g = pos.begin();  // the first global position at or past the key block
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      const int64_t j_lo = kb * block_k, j_hi = std::min(c.nk, j_lo + block_k);
+      while (g != pos.end() && *g < j_lo) ++g;
+      auto e = g;
+      while (e != pos.end() && *e < j_hi) ++e;
+      const int64_t keys = e - g;
+      out[kb] = rows == i_hi - i_lo || keys == j_hi - j_lo ? BlockKind::full
+                : rows == 0 && keys == 0                  ? BlockKind::empty
+                                                          : BlockKind::partial;
+    }
   }
   void validate(int64_t, int64_t nk, int64_t) const override {
     if (!pos.empty() && pos.back() >= nk) {
@@ -241,12 +270,12 @@ struct RandomBlocksNode final : Node {
 
   // The key blocks of query block qb, as a membership vector over ⌈nk / block⌉ blocks: Floyd's
   // sampling of per_row distinct blocks, from a stream seeded by (seed, head, qb).
-  std::vector<uint8_t> chosen(const Call& c, int64_t qb) const {
+  void chosen(const Call& c, int64_t qb, std::vector<uint8_t>& in) const {
     const int64_t n = (c.nk + block - 1) / block;
-    std::vector<uint8_t> in(n, 0);
+    in.assign(static_cast<size_t>(n), 0);
     if (per_row >= n) {
       std::fill(in.begin(), in.end(), uint8_t{1});
-      return in;
+      return;
     }
     uint64_t s = seed;
     s = splitmix64(s) ^ static_cast<uint64_t>(c.h) * 0x632be59bd9b4e019ull;
@@ -255,30 +284,57 @@ struct RandomBlocksNode final : Node {
       const int64_t x = static_cast<int64_t>(splitmix64(s) % static_cast<uint64_t>(t + 1));
       in[in[x] ? t : x] = 1;
     }
+  }
+  // A per-thread buffer for chosen(): fills run inside the kernels, once per partial tile.
+  static std::vector<uint8_t>& buffer() {
+    thread_local std::vector<uint8_t> in;
     return in;
   }
   bool keep(const Call& c, int64_t i, int64_t j) const override {
-    return chosen(c, floor_div(i + c.diag(), block))[j / block] != 0;
+    std::vector<uint8_t>& in = buffer();
+    chosen(c, floor_div(i + c.diag(), block), in);
+    return in[j / block] != 0;
   }
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
     // Columns in runs of one query block; within a run, each row is all kept or all dropped.
+    std::vector<uint8_t>& in = buffer();
     for (int64_t a = 0; a < cols;) {
       const int64_t qb = floor_div(q0 + a + c.diag(), block);
-      int64_t e = a + 1;
-      while (e < cols && floor_div(q0 + e + c.diag(), block) == qb) ++e;
-      const std::vector<uint8_t> in = chosen(c, qb);
+      const int64_t e = std::min(cols, (qb + 1) * block - c.diag() - q0);  // first column of the next block
+      chosen(c, qb, in);
       for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ld + a, out + r * ld + e, in[(k0 + r) / block]);
       a = e;
     }
   }
+  // kept / total random blocks over a rectangle's query blocks and the random blocks its keys
+  // touch: empty at 0, full when all.
   BlockKind classify(const Call& c, const Rect& r) const override {
     int64_t kept = 0, total = 0;
+    std::vector<uint8_t>& in = buffer();
     for (int64_t qb = floor_div(r.i_lo + c.diag(), block); qb <= floor_div(r.i_hi - 1 + c.diag(), block); ++qb) {
-      const std::vector<uint8_t> in = chosen(c, qb);
+      chosen(c, qb, in);
       for (int64_t kb = r.j_lo / block; kb <= (r.j_hi - 1) / block; ++kb, ++total) kept += in[kb];
     }
     return kept == 0 ? BlockKind::empty : kept == total ? BlockKind::full : BlockKind::partial;
+  }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    std::vector<int32_t> kept(static_cast<size_t>(kblocks), 0);
+    int64_t qbs = 0;
+    std::vector<uint8_t>& in = buffer();
+    for (int64_t qb = floor_div(i_lo + c.diag(), block); qb <= floor_div(i_hi - 1 + c.diag(), block); ++qb, ++qbs) {
+      chosen(c, qb, in);
+      for (int64_t kb = 0; kb < kblocks; ++kb) {
+        const int64_t j_lo = kb * block_k, j_hi = std::min(c.nk, j_lo + block_k);
+        for (int64_t b = j_lo / block; b <= (j_hi - 1) / block; ++b) kept[kb] += in[b];
+      }
+    }
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      const int64_t j_lo = kb * block_k, j_hi = std::min(c.nk, j_lo + block_k);
+      const int64_t total = qbs * ((j_hi - 1) / block - j_lo / block + 1);
+      out[kb] = kept[kb] == 0 ? BlockKind::empty : kept[kb] == total ? BlockKind::full : BlockKind::partial;
+    }
   }
   bool head_dependent() const override { return per_row > 0; }
   std::string str() const override { return fmt::format("random_blocks({}, block {}, seed {})", per_row, block, seed); }
@@ -343,6 +399,9 @@ struct PerHeadNode final : Node {
     at(c).fill(c, q0, k0, rows, cols, out, ld);
   }
   BlockKind classify(const Call& c, const Rect& r) const override { return at(c).classify(c, r); }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    at(c).classify_row(c, i_lo, i_hi, block_k, out);
+  }
   int64_t head_count() const override { return static_cast<int64_t>(heads.size()); }
   void validate(int64_t nq, int64_t nk, int64_t h) const override {
     if (h > 0 && static_cast<int64_t>(heads.size()) != h) {
@@ -361,12 +420,21 @@ struct PerHeadNode final : Node {
 struct BinaryNode final : Node {
   NodePtr a, b;
   bool is_and;
-  BinaryNode(NodePtr x, NodePtr y, bool conj) : a(std::move(x)), b(std::move(y)), is_and(conj) {}
+  NodePtr window;  // set when the node is the intersection of two windows: that one window
+  BinaryNode(NodePtr x, NodePtr y, bool conj) : a(std::move(x)), b(std::move(y)), is_and(conj) {
+    // causal & window(w − 1, 0), the sliding window, is one window: one fill pass, not three.
+    const auto* wa = dynamic_cast<const WindowNode*>(a.get());
+    const auto* wb = dynamic_cast<const WindowNode*>(b.get());
+    if (is_and && wa != nullptr && wb != nullptr) {
+      window = std::make_shared<WindowNode>(std::min(wa->left, wb->left), std::min(wa->right, wb->right));
+    }
+  }
   bool keep(const Call& c, int64_t i, int64_t j) const override {
     return is_and ? a->keep(c, i, j) && b->keep(c, i, j) : a->keep(c, i, j) || b->keep(c, i, j);
   }
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
+    if (window != nullptr) return window->fill(c, q0, k0, rows, cols, out, ld);
     a->fill(c, q0, k0, rows, cols, out, ld);
     // The second operand in a stack buffer for kernel tiles, on the heap for larger ones.
     constexpr int64_t kStack = 64 * 128;
@@ -388,9 +456,23 @@ struct BinaryNode final : Node {
     const BlockKind x = a->classify(c, r);
     if (is_and && x == BlockKind::empty) return x;
     if (!is_and && x == BlockKind::full) return x;
-    const BlockKind y = b->classify(c, r);
-    if (is_and) return y == BlockKind::empty ? y : x == BlockKind::full ? y : BlockKind::partial;
-    return y == BlockKind::full ? y : x == BlockKind::empty ? y : BlockKind::partial;
+    return combine(x, b->classify(c, r));
+  }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    if (window != nullptr) return window->classify_row(c, i_lo, i_hi, block_k, out);
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    a->classify_row(c, i_lo, i_hi, block_k, out);
+    std::vector<BlockKind> y(static_cast<size_t>(kblocks));
+    b->classify_row(c, i_lo, i_hi, block_k, y.data());
+    for (int64_t kb = 0; kb < kblocks; ++kb) out[kb] = combine(out[kb], y[kb]);
+  }
+  BlockKind combine(BlockKind x, BlockKind y) const {
+    if (is_and) {
+      if (x == BlockKind::empty || y == BlockKind::empty) return BlockKind::empty;
+      return x == BlockKind::full ? y : BlockKind::partial;
+    }
+    if (x == BlockKind::full || y == BlockKind::full) return BlockKind::full;
+    return x == BlockKind::empty ? y : BlockKind::partial;
   }
   void validate(int64_t nq, int64_t nk, int64_t h) const override {
     a->validate(nq, nk, h);
@@ -512,11 +594,12 @@ BlockLayout Mask::compile(int64_t nq, int64_t nk, int64_t block_q, int64_t block
   lay.block_k = block_k;
   const Call c{b, h, nq, nk};
   lay.row_begin.push_back(0);
+  std::vector<BlockKind> kinds(static_cast<size_t>(lay.k_blocks()));
   for (int64_t qb = 0; qb < lay.q_blocks(); ++qb) {
     const int64_t i_lo = qb * block_q, i_hi = std::min(nq, i_lo + block_q);
+    node_->classify_row(c, i_lo, i_hi, block_k, kinds.data());
     for (int64_t kb = 0; kb < lay.k_blocks(); ++kb) {
-      const Rect r{i_lo, i_hi, kb * block_k, std::min(nk, (kb + 1) * block_k)};
-      const BlockKind kind = node_->classify(c, r);
+      const BlockKind kind = kinds[kb];
       if (kind == BlockKind::empty) continue;
       lay.key_block.push_back(static_cast<int32_t>(kb));
       lay.partial.push_back(kind == BlockKind::partial);

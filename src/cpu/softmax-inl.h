@@ -98,29 +98,47 @@ HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, in
 }
 
 // One online-softmax step over a tile of `rows` keys (scores in base 2): updates the running
-// max m and sum l of each query column, turns st into probabilities 2^(s − m), and returns in alpha the factor
-// by which each query's earlier output must be rescaled. A column with no visible key so far
-// keeps m = −inf, l = 0 and probabilities 0.
+// max m and sum l of each query column, turns st into probabilities 2^(s − m), and returns in
+// alpha the factor by which each query's earlier output must be rescaled. A column with no
+// visible key so far keeps m = −inf, l = 0 and probabilities 0. The column max runs over four
+// accumulators and the sum over two: one chain of dependent instructions per column step was
+// bound by their latency.
 HWY_INLINE void OnlineSoftmaxStep(float* HWY_RESTRICT st, int64_t ld, int64_t rows, int64_t cols,
                                   float* HWY_RESTRICT m, float* HWY_RESTRICT l, float* HWY_RESTRICT alpha) {
   const hn::ScalableTag<float> df;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   const auto neg_inf = hn::Set(df, -std::numeric_limits<float>::infinity());
   for (int64_t c = 0; c < cols; c += L) {
-    auto mx = neg_inf;
-    for (int64_t r = 0; r < rows; ++r) mx = hn::Max(mx, hn::LoadU(df, st + r * ld + c));
+    auto x0 = neg_inf, x1 = neg_inf, x2 = neg_inf, x3 = neg_inf;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      x0 = hn::Max(x0, hn::LoadU(df, st + r * ld + c));
+      x1 = hn::Max(x1, hn::LoadU(df, st + (r + 1) * ld + c));
+      x2 = hn::Max(x2, hn::LoadU(df, st + (r + 2) * ld + c));
+      x3 = hn::Max(x3, hn::LoadU(df, st + (r + 3) * ld + c));
+    }
+    for (; r < rows; ++r) x0 = hn::Max(x0, hn::LoadU(df, st + r * ld + c));
     const auto m_old = hn::LoadU(df, m + c);
-    const auto m_new = hn::Max(m_old, mx);
+    const auto m_new = hn::Max(m_old, hn::Max(hn::Max(x0, x1), hn::Max(x2, x3)));
     const auto m_use = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
     const auto a = Exp2(df, hn::Sub(m_old, m_use));
-    auto sum = hn::Zero(df);
-    for (int64_t r = 0; r < rows; ++r) {
+    auto s0 = hn::Zero(df), s1 = hn::Zero(df);
+    for (r = 0; r + 2 <= rows; r += 2) {
+      float* p = st + r * ld + c;
+      const auto e0 = Exp2(df, hn::Sub(hn::LoadU(df, p), m_use));
+      const auto e1 = Exp2(df, hn::Sub(hn::LoadU(df, p + ld), m_use));
+      hn::StoreU(e0, df, p);
+      hn::StoreU(e1, df, p + ld);
+      s0 = hn::Add(s0, e0);
+      s1 = hn::Add(s1, e1);
+    }
+    if (r < rows) {
       float* p = st + r * ld + c;
       const auto e = Exp2(df, hn::Sub(hn::LoadU(df, p), m_use));
       hn::StoreU(e, df, p);
-      sum = hn::Add(sum, e);
+      s0 = hn::Add(s0, e);
     }
-    hn::StoreU(hn::MulAdd(hn::LoadU(df, l + c), a, sum), df, l + c);
+    hn::StoreU(hn::MulAdd(hn::LoadU(df, l + c), a, hn::Add(s0, s1)), df, l + c);
     hn::StoreU(m_new, df, m + c);
     hn::StoreU(a, df, alpha + c);
   }

@@ -1,0 +1,25 @@
+// The table of lab variants: 00 is the kernel in src/.
+#include "lab/sparse_cpu/variants.h"
+
+#include "cpu/kernels.h"
+
+namespace attnkit::cpu {
+#define LAB_VARIANT(ns)                                                                                         \
+  namespace ns {                                                                                                \
+  void flash_fwd(const Problem&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,    \
+                 const TensorView&);                                                                            \
+  }
+LAB_VARIANT(lab01)
+LAB_VARIANT(lab02)
+LAB_VARIANT(lab03)
+LAB_VARIANT(lab02b)
+LAB_VARIANT(lab04)
+LAB_VARIANT(lab05)
+}  // namespace attnkit::cpu
+
+namespace attnkit::lab {
+std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01", &cpu::lab01::flash_fwd}, {"02", &cpu::lab02::flash_fwd},
+          {"03", &cpu::lab03::flash_fwd}, {"02b", &cpu::lab02b::flash_fwd},
+          {"04", &cpu::lab04::flash_fwd},
+          {"05", &cpu::lab05::flash_fwd}}; }
+}  // namespace attnkit::lab
