@@ -1,6 +1,8 @@
 // Lab harness for the recurrent kernels: times the library's selective scan and WKV-4 forward
 // against a 2-thread memcpy, interleaved (a, memcpy, b, memcpy, ...), medians of each.
-//   lab_linear_cpu [what] [L] [threads] [reps]    what = scan | wkv4 | wkv6 | all
+//   lab_linear_cpu [what] [L] [threads] [reps]    what = scan | wkv4 | wkv6 | touch | linear | all
+// linear: causal elu+1 linear attention at B = 1, H = 8, D = 64, N = L, timed against an OpenBLAS
+// sgemm 2048³ instead of the memcpy (GFLOP/s from linear_attention_fwd_flops).
 // With LAB_NOCOPY set, the memcpy is skipped (for profiling the kernels alone).
 #include <algorithm>
 #include <chrono>
@@ -13,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include <cblas.h>
 #include <time.h>
 
 #include "attnkit/attnkit.h"
@@ -57,8 +60,14 @@ int main(int argc, char** argv) {
   const int64_t cb = int64_t{512} << 20;
   std::vector<char> src(cb, 1), dst(cb, 0);
   const bool nocopy = std::getenv("LAB_NOCOPY") != nullptr;
+  std::vector<float> q8, k8, v8, o8, ga, gb, gc;  // linear attention and its sgemm ceiling
   auto copy = [&] {
     if (nocopy) return;
+    if (!gc.empty()) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2048, 2048, 2048, 1.0f, ga.data(), 2048, gb.data(), 2048,
+                  0.0f, gc.data(), 2048);
+      return;
+    }
     std::vector<std::thread> ts;
     for (int i = 0; i < threads; ++i)
       ts.emplace_back([&, i] { std::memcpy(dst.data() + i * (cb / threads), src.data() + i * (cb / threads), cb / threads); });
@@ -112,6 +121,18 @@ int main(int argc, char** argv) {
                      },
                      attnkit::wkv4_fwd_bytes(1, L, W)});
   }
+  if (what == "linear") {
+    const int64_t n = L * 8 * 64;
+    q8 = fill(n, -1, 1, 12), k8 = fill(n, -1, 1, 13), v8 = fill(n, -1, 1, 14), o8.resize(n);
+    items.push_back({"linear", [&] {
+                       auto view = [&](std::vector<float>& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
+                       attnkit::LinearAttentionParams p;
+                       p.causal = true;
+                       attnkit::linear_forward(view(q8), view(k8), view(v8), view(o8), p);
+                     },
+                     attnkit::linear_attention_fwd_flops(1, L, 8, 64, 64, true)});
+    ga = fill(2048 * 2048, -1, 1, 15), gb = fill(2048 * 2048, -1, 1, 16), gc.resize(2048 * 2048);
+  }
   if (what == "wkv6" || what == "all") {
     r6 = fill(L * W, -1, 1, 10);
     w6 = fill(L * W, -3, 1, 11);
@@ -138,11 +159,11 @@ int main(int argc, char** argv) {
       ti[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     }
   }
-  const double mc = 2.0 * cb / median(tc) / 1e9;
-  std::printf("memcpy %d threads: %.1f GB/s\n", threads, mc);
+  const double mc = gc.empty() ? 2.0 * cb / median(tc) / 1e9 : 2.0 * 2048.0 * 2048.0 * 2048.0 / median(tc) / 1e9;
+  std::printf(gc.empty() ? "memcpy %d threads: %.1f GB/s\n" : "sgemm (%d threads): %.1f GFLOP/s\n", threads, mc);
   for (size_t i = 0; i < items.size(); ++i) {
     const double t = median(ti[i]), g = items[i].bytes / t / 1e9;
-    std::printf("%-5s L=%lld: %8.2f ms  %5.2f GB/s  = %4.1f%% of memcpy   (CPU time %.2f ms over all threads)\n",
+    std::printf("%-5s L=%lld: %8.2f ms  %5.2f G/s  = %4.1f%% of the ceiling   (CPU time %.2f ms over all threads)\n",
                 items[i].name, static_cast<long long>(L), t * 1e3, g, 100 * g / mc, median(tcpu[i]) * 1e3);
   }
   return 0;

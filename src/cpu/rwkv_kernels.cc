@@ -27,6 +27,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
+#include "cpu/prefetch.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
@@ -226,8 +227,8 @@ void Wkv4ForwardGroup(const Wkv4Dims& s, const TensorView& w, const TensorView& 
       for (int64_t o = 0; o < nc; o += L) {
         if (o % kLine == 0) {  // this line of each of the next tile's rows
           for (int64_t r = nt; r < nt + ahead; ++r) {
-            __builtin_prefetch(kr.p + r * kr.ld + o, 0, 3);
-            __builtin_prefetch(vr.p + r * vr.ld + o, 0, 3);
+            prefetch_l1(kr.p + r * kr.ld + o);
+            prefetch_l1(vr.p + r * vr.ld + o);
           }
         }
         Wkv4ForwardTile(df, kr, vr, const_cast<float*>(yr.p), yr.ld, nt, st, width, o);

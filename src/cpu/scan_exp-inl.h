@@ -1,6 +1,7 @@
-// Short exponentials for the recurrent kernels (Highway, per target). Highway's Exp covers the
-// whole float range with a longer reduction; the recurrences evaluate one exp per state element
-// and step (the selective scan: N per channel and step), so its length is their cost.
+// Short exponentials for the recurrent kernels and linear attention's feature maps (Highway, per
+// target). Highway's Exp covers the whole float range with a longer reduction; the recurrences
+// evaluate one exp per state element and step (the selective scan: N per channel and step), so
+// its length is their cost.
 //
 //   Exp2NonPositive(x) = 2^x for x <= 0: x = n + f with n = round(x), f in [−1/2, 1/2], both
 //     from one addition of the shifter 1.5·2^23 (n lands in the low mantissa bits: no round, no

@@ -27,9 +27,9 @@
 #include "core/thread_pool.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_kernels.h"
+#include "cpu/prefetch.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
-#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
@@ -117,7 +117,7 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
   const float* cp = fptr(in.C) + b * in.C.strides[0] + t0 * in.C.strides[1];
   for (int64_t t = 0; t < nt; ++t) {
     for (const Rows& r : io.next)
-      if (r.p) __builtin_prefetch(r.p + t * r.ld, 0, 2);  // into L2: L1 holds the current block
+      if (r.p) prefetch_l2(r.p + t * r.ld);  // into L2: L1 holds the current block
     V dt[nv], dtx[nv], acc[nv];
     for (int64_t v = 0; v < nv; ++v) {
       const V xv = hn::LoadU(df, io.x.p + t * io.x.ld + v * L);
