@@ -17,6 +17,7 @@ struct Case {
   bool has_d = true, has_z = true;
   bool strided = false;     // channel stride 2 on x, delta, z, out
   float delta_scale = 0.1f;  // Δ ~ U(0, 2·delta_scale)
+  bool mixed_sign_a = false;  // every third A positive
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
@@ -43,6 +44,8 @@ std::vector<Case> cases() {
       {.name = "state_1", .L = 30, .Dch = 17, .N = 1},
       {.name = "large_decay", .L = 200, .Dch = 16, .N = 16, .delta_scale = 5.0f},
       {.name = "small_decay", .L = 200, .Dch = 16, .N = 16, .delta_scale = 1e-4f},
+      // Some A > 0 (growing modes): the kernels' exponential then needs its upper clamp too.
+      {.name = "growing_modes", .B = 2, .L = 70, .Dch = 35, .N = 6, .delta_scale = 0.1f, .mixed_sign_a = true},
   };
 }
 
@@ -69,7 +72,10 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> uni(0.0f, 2.0f * c.delta_scale);
   for (int64_t i = 0; i < in.delta.numel(); ++i) in.delta.set(i, uni(rng));
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < in.A.numel(); ++i) in.A.set(i, -std::exp(normal(rng)));  // S4D-style negative real
+  for (int64_t i = 0; i < in.A.numel(); ++i) {
+    const float a = -std::exp(normal(rng));  // S4D-style negative real
+    in.A.set(i, c.mixed_sign_a && i % 3 == 0 ? -0.5f * a : a);
+  }
   if (c.has_d) {
     in.D = HostTensor(DType::f32, {c.Dch});
     in.D.fill_random(rng);

@@ -6,46 +6,74 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <vector>
 
 #include "attnkit/error.h"
 #include "core/checks.h"
+#include "core/thread_pool.h"
 
 namespace attnkit::lin {
 namespace {
 
-// Calls row(offset of the row's first element, outer index) for every row along the last dim.
-template <class Fn>
-void for_each_row(const TensorView& t, Fn row) {
-  std::array<int64_t, TensorView::kMaxDims> idx{};
-  const int64_t rows = t.numel() / t.shape[t.ndim - 1];
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t off = 0;
-    for (int i = 0; i + 1 < t.ndim; ++i) off += idx[i] * t.strides[i];
-    row(off, idx);
-    for (int i = t.ndim - 2; i >= 0; --i) {
-      if (++idx[i] < t.shape[i]) break;
-      idx[i] = 0;
-    }
+// Offset of the first element of row r (rows run along the last dimension, in row-major order
+// of the others) and that row's index along each outer dimension.
+int64_t row_offset(const TensorView& t, int64_t r, std::array<int64_t, TensorView::kMaxDims>& idx) {
+  int64_t off = 0;
+  for (int i = t.ndim - 2; i >= 0; --i) {
+    idx[i] = r % t.shape[i];
+    r /= t.shape[i];
+    off += idx[i] * t.strides[i];
   }
+  return off;
 }
 
-// Throws the first element of t for which bad(x) holds; `expect` says what was expected.
+// Throws for the first element of t for which bad(x) holds; `expect` says what was expected.
+// These checks read whole inputs (Δ of a selective scan, RWKV-6's decays) before the kernels
+// run, so large tensors are split over the thread pool and contiguous rows are read by a loop
+// the compiler vectorizes; a failure is then located exactly by one more pass over its row.
 template <class Bad>
 void check_elements(const TensorView& t, const char* name, const char* expect, Bad bad) {
   const auto* p = static_cast<const float*>(t.data);
-  const int64_t n = t.shape[t.ndim - 1], s = t.strides[t.ndim - 1];
-  for_each_row(t, [&](int64_t off, auto idx) {
-    bool any = false;
-    for (int64_t j = 0; j < n; ++j) any |= bad(p[off + j * s]);
-    if (!any) return;
-    for (int64_t j = 0; j < n; ++j) {
-      if (!bad(p[off + j * s])) continue;
-      idx[t.ndim - 1] = j;
-      std::string at;
-      for (int i = 0; i < t.ndim; ++i) at += fmt::format("{}{}", i ? ", " : "", idx[i]);
-      throw Error(fmt::format("{}: expected {}, given {} at [{}]", name, expect, p[off + j * s], at));
+  const int64_t n = t.shape[t.ndim - 1], s = t.strides[t.ndim - 1], rows = t.numel() / n;
+  auto row_bad = [&](int64_t off) {
+    int any = 0;  // an int, not a bool: the contiguous loop then vectorizes
+    if (s == 1) {
+      for (int64_t j = 0; j < n; ++j) any |= bad(p[off + j]) ? 1 : 0;
+    } else {
+      for (int64_t j = 0; j < n; ++j) any |= bad(p[off + j * s]) ? 1 : 0;
     }
-  });
+    return any != 0;
+  };
+  // First bad row of [r0, r1), or r1.
+  auto scan = [&](int64_t r0, int64_t r1) {
+    std::array<int64_t, TensorView::kMaxDims> idx{};
+    for (int64_t r = r0; r < r1; ++r)
+      if (row_bad(row_offset(t, r, idx))) return r;
+    return r1;
+  };
+  constexpr int64_t kParallelElements = int64_t{1} << 20;
+  int64_t first = rows;
+  if (t.numel() < kParallelElements) {
+    first = scan(0, rows);
+  } else {
+    const int64_t parts = std::min<int64_t>(rows, 8 * pool().size());
+    std::vector<int64_t> found(parts);
+    pool().parallel_for(parts, [&](int64_t i, int) {
+      const int64_t r1 = rows * (i + 1) / parts, r = scan(rows * i / parts, r1);
+      found[i] = r < r1 ? r : rows;
+    });
+    first = *std::min_element(found.begin(), found.end());
+  }
+  if (first == rows) return;
+  std::array<int64_t, TensorView::kMaxDims> idx{};
+  const int64_t off = row_offset(t, first, idx);
+  for (int64_t j = 0; j < n; ++j) {
+    if (!bad(p[off + j * s])) continue;
+    idx[t.ndim - 1] = j;
+    std::string at;
+    for (int i = 0; i < t.ndim; ++i) at += fmt::format("{}{}", i ? ", " : "", idx[i]);
+    throw Error(fmt::format("{}: expected {}, given {} at [{}]", name, expect, p[off + j * s], at));
+  }
 }
 
 }  // namespace

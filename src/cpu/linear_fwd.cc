@@ -1,7 +1,7 @@
 // Linear attention forward on the CPU (see include/attnkit/linear.h), Highway SIMD with
 // runtime dispatch, threads over (batch, group of KV heads): the query heads of a KV head share
-// its keys' features and carried state, and a chunk's rows are staged for the whole group of
-// heads as contiguous row segments.
+// its keys' features and carried state. Rows are read and written in place; while one (chunk,
+// KV head) computes, the next one's rows are prefetched.
 //
 // Non-causal: S = Σ_j φ(k_j) v_jᵀ, z = Σ_j φ(k_j) over all keys, then per query chunk
 //   out = (Φq S) / (Φq z + eps).
@@ -25,6 +25,7 @@
 #include "cpu/kernels.h"
 #include "cpu/linear_features-inl.h"
 #include "cpu/linear_kernels.h"
+#include "cpu/prefetch.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 
@@ -38,11 +39,10 @@ struct FwdScratch {
   hwy::AlignedFreeUniquePtr<float[]> mem;
   float *x, *phq, *phk, *phkt, *vv, *a, *num, *den;
   float *s, *z;                       // per KV head of the item: [nh][Fp][Dp], [nh][Fp]
-  float *qs, *ks, *vs, *os;           // staged rows: [C][nh·G·D] for q and out, [C][nh·D] for k, v
 
-  FwdScratch(int64_t Dp, int64_t Fp, int64_t D, int64_t nh, int64_t G)
-      : mem(hwy::AllocateAligned<float>(3 * kC * Dp + 2 * kC * Fp + Fp * kC + kC * kC + kC +
-                                        nh * (Fp * Dp + Fp) + 2 * kC * nh * G * D + 2 * kC * nh * D + 64)) {
+  FwdScratch(int64_t Dp, int64_t Fp, int64_t nh)
+      : mem(hwy::AllocateAligned<float>(3 * kC * Dp + 2 * kC * Fp + Fp * kC + kC * kC + kC + nh * (Fp * Dp + Fp) +
+                                        64)) {
     float* p = mem.get();
     for (float** b : {&x, &vv, &num}) *b = p, p += kC * Dp;  // x: raw rows, then scaled for favor_plus
     for (float** b : {&phq, &phk}) *b = p, p += kC * Fp;
@@ -50,44 +50,33 @@ struct FwdScratch {
     a = p, p += kC * kC;
     s = p, p += nh * Fp * Dp;
     z = p, p += nh * Fp;
-    den = p, p += kC;
-    for (float** b : {&qs, &os}) *b = p, p += kC * nh * G * D;
-    for (float** b : {&ks, &vs}) *b = p, p += kC * nh * D;
+    den = p;
   }
 };
 
-// Rows [t0, t0 + n) of heads [h0, h0 + nh) of batch b, as a view indexed [0, r, j, d]. An f32
-// tensor whose heads lie back to back is copied into buf one row segment at a time (sequential
-// reads, which the prefetchers stream); any other tensor is viewed in place.
-TensorView StageHeads(const TensorView& t, int64_t b, int64_t t0, int64_t n, int64_t h0, int64_t nh, float* buf,
-                      bool copy_in) {
-  const int64_t D = t.shape[3];
-  if (t.dtype == DType::f32 && t.strides[3] == 1 && t.strides[2] == D) {
-    if (copy_in) {
-      for (int64_t r = 0; r < n; ++r)
-        std::memcpy(buf + r * nh * D, static_cast<const float*>(t.data) + offset4(t, b, t0 + r, h0, 0),
-                    nh * D * sizeof(float));
-    }
-    return TensorView(buf, DType::f32, {1, n, nh, D});
-  }
+// Rows [t0, t0 + n) of heads [h0, h0 + nh) of batch b, as a view indexed [0, r, j, d] (in place).
+TensorView HeadRows(const TensorView& t, int64_t b, int64_t t0, int64_t n, int64_t h0, int64_t nh) {
   TensorView v = t;
   v.data = static_cast<char*>(t.data) + offset4(t, b, t0, h0, 0) * dtype_size(t.dtype);
-  v.shape = {1, n, nh, D};
+  v.shape = {1, n, nh, t.shape[3]};
   return v;
 }
 
-// Writes staged output rows back (the inverse of StageHeads for an f32, head-contiguous out).
-void UnstageHeads(const TensorView& staged, const TensorView& t, int64_t b, int64_t t0, int64_t n, int64_t h0,
-                  int64_t nh) {
-  if (staged.data == static_cast<char*>(t.data) + offset4(t, b, t0, h0, 0) * dtype_size(t.dtype)) return;
-  const int64_t D = t.shape[3];
-  for (int64_t r = 0; r < n; ++r)
-    std::memcpy(static_cast<float*>(t.data) + offset4(t, b, t0 + r, h0, 0),
-                static_cast<const float*>(staged.data) + r * nh * D, nh * D * sizeof(float));
+// Asks for row r of heads [h0, h0 + nh) of a HeadRows view to be brought into L2 (each 64-byte
+// line of its row segments): the kernel reads a head's chunk straight from the tensor, and
+// prefetches the next one's rows, one row at a time, while it computes.
+void PrefetchRow(const TensorView& t, int64_t r, int64_t h0, int64_t nh) {
+  const char* base = static_cast<const char*>(t.data);
+  const int64_t es = dtype_size(t.dtype);
+  for (int64_t h = h0; h < h0 + nh; ++h) {
+    const char* row = base + (r * t.strides[1] + h * t.strides[2]) * es;
+    const int64_t bytes = ((t.shape[3] - 1) * t.strides[3] + 1) * es;
+    for (int64_t x = 0; x < bytes; x += 64) prefetch_l2(row + x);
+  }
 }
 
-// Keys and values of chunk rows [0, n) of head j of the staged views into phk (and phkt when
-// causal) and vv.
+// Keys and values of chunk rows [0, n) of head j of the views into phk (and phkt when causal)
+// and vv.
 void LoadKeyChunk(const FeatureCtx& c, const TensorView& k, const TensorView& v, int64_t j, int64_t n,
                   bool transpose, FwdScratch& s) {
   LoadRows(k, 0, 0, j, n, kC, c.D, c.Dp, s.x);
@@ -102,18 +91,36 @@ void AddToState(const FeatureCtx& c, int64_t n, float* S, float* z, FwdScratch& 
   AddColumnSums(s.phk, n, c.Fp, z);
 }
 
-// KV heads [hk0, hk0 + nh) of batch b, with their query heads.
+// The chunk and KV head that ForwardItem takes after (t0, j), for prefetching; t0 = -1 if none.
+struct Next {
+  int64_t t0, j, n;
+};
+
+// KV heads [hk0, hk0 + nh) of batch b, with their query heads, read and written in place; while
+// a (chunk, KV head) unit computes, the rows of the next unit are prefetched (see PrefetchRow).
 void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView& q, const TensorView& k,
                  const TensorView& v, const TensorView& out, int64_t b, int64_t hk0, int64_t nh, FwdScratch& s) {
   const int64_t G = pr.group(), SD = c.Fp * c.Dp;
   std::fill(s.s, s.s + nh * SD, 0.0f);
   std::fill(s.z, s.z + nh * c.Fp, 0.0f);
+  auto next_unit = [&](int64_t t0, int64_t j, int64_t seq) {
+    if (j + 1 < nh) return Next{t0, j + 1, std::min(kC, seq - t0)};
+    if (t0 + kC < seq) return Next{t0 + kC, 0, std::min(kC, seq - t0 - kC)};
+    return Next{-1, 0, 0};
+  };
   if (!pr.causal) {
     for (int64_t t0 = 0; t0 < pr.seq_k; t0 += kC) {
       const int64_t n = std::min(kC, pr.seq_k - t0);
-      const TensorView ks = StageHeads(k, b, t0, n, hk0, nh, s.ks, true);
-      const TensorView vs = StageHeads(v, b, t0, n, hk0, nh, s.vs, true);
+      const TensorView ks = HeadRows(k, b, t0, n, hk0, nh), vs = HeadRows(v, b, t0, n, hk0, nh);
       for (int64_t j = 0; j < nh; ++j) {
+        const Next nx = next_unit(t0, j, pr.seq_k);
+        if (nx.t0 >= 0) {
+          const TensorView kn = HeadRows(k, b, nx.t0, nx.n, hk0, nh), vn = HeadRows(v, b, nx.t0, nx.n, hk0, nh);
+          for (int64_t r = 0; r < nx.n; ++r) {
+            PrefetchRow(kn, r, nx.j, 1);
+            PrefetchRow(vn, r, nx.j, 1);
+          }
+        }
         LoadKeyChunk(c, ks, vs, j, n, false, s);
         AddToState(c, n, s.s + j * SD, s.z + j * c.Fp, s);
       }
@@ -121,16 +128,34 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
   }
   for (int64_t t0 = 0; t0 < pr.seq_q; t0 += kC) {
     const int64_t n = std::min(kC, pr.seq_q - t0);
-    const TensorView qs = StageHeads(q, b, t0, n, hk0 * G, nh * G, s.qs, true);
-    const TensorView os = StageHeads(out, b, t0, n, hk0 * G, nh * G, s.os, false);
+    const TensorView qs = HeadRows(q, b, t0, n, hk0 * G, nh * G);
+    const TensorView os = HeadRows(out, b, t0, n, hk0 * G, nh * G);
     TensorView ks, vs;
     if (pr.causal) {
-      ks = StageHeads(k, b, t0, n, hk0, nh, s.ks, true);
-      vs = StageHeads(v, b, t0, n, hk0, nh, s.vs, true);
+      ks = HeadRows(k, b, t0, n, hk0, nh);
+      vs = HeadRows(v, b, t0, n, hk0, nh);
     }
     for (int64_t j = 0; j < nh; ++j) {
       const float* S = s.s + j * SD;
       float* z = s.z + j * c.Fp;
+      const Next nx = next_unit(t0, j, pr.seq_q);
+      TensorView qn, kn, vn;
+      if (nx.t0 >= 0) {
+        qn = HeadRows(q, b, nx.t0, nx.n, hk0 * G, nh * G);
+        if (pr.causal) kn = HeadRows(k, b, nx.t0, nx.n, hk0, nh), vn = HeadRows(v, b, nx.t0, nx.n, hk0, nh);
+      }
+      // Rows [r0, r1) of the next unit, asked for while the within-chunk products of the first
+      // query head run (the kernel's reads of them are then L2 hits).
+      auto prefetch_next = [&](int64_t r0, int64_t r1) {
+        if (nx.t0 < 0) return;
+        for (int64_t i = r0; i < std::min(r1, nx.n); ++i) {
+          PrefetchRow(qn, i, nx.j * G, G);
+          if (pr.causal) {
+            PrefetchRow(kn, i, nx.j, 1);
+            PrefetchRow(vn, i, nx.j, 1);
+          }
+        }
+      };
       if (pr.causal) LoadKeyChunk(c, ks, vs, j, n, true, s);
       for (int64_t g = 0; g < G; ++g) {
         LoadRows(qs, 0, 0, j * G + g, n, kC, c.D, c.Dp, s.x);
@@ -140,14 +165,13 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
           // the columns up to the diagonal are formed, and the product with V stops there too.
           for (int64_t r = 0; r < n; r += kTileRows) {
             const int64_t rows = std::min(kTileRows, n - r), cols = std::min(kC, (r + rows + 15) / 16 * 16);
+            if (g == 0) prefetch_next(r, r + rows);
             TileProduct<Accum::overwrite>(rows, cols, {s.phq + r * c.Fp, c.Fp, 1}, s.phkt, kC, c.F, s.a + r * kC, kC);
           }
           for (int64_t i = 0; i < n; ++i) {
             float* ai = s.a + i * kC;
-            float sum = 0.0f;
-            for (int64_t jj = 0; jj <= i; ++jj) sum += ai[jj];
             std::fill(ai + i + 1, ai + kC, 0.0f);
-            s.den[i] = sum;
+            s.den[i] = RowSum(ai, kC);
           }
           for (int64_t r = 0; r < n; r += kTileRows) {
             const int64_t rows = std::min(kTileRows, n - r);
@@ -159,6 +183,7 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
           std::fill(s.den, s.den + n, 0.0f);
           TileProduct<Accum::overwrite>(n, c.Dp, {s.phq, c.Fp, 1}, S, c.Dp, c.F, s.num, c.Dp);
         }
+        if (!pr.causal && g == 0) prefetch_next(0, n);
         for (int64_t i = 0; i < n; ++i) {
           const float inv = 1.0f / (s.den[i] + Dot(s.phq + i * c.Fp, z, c.Fp) + pr.eps);
           float* row = s.num + i * c.Dp;
@@ -168,7 +193,6 @@ void ForwardItem(const LinearProblem& pr, const FeatureCtx& c, const TensorView&
       }
       if (pr.causal) AddToState(c, n, s.s + j * SD, z, s);
     }
-    UnstageHeads(os, out, b, t0, n, hk0 * G, nh * G);
   }
 }
 
@@ -185,7 +209,7 @@ void LinearForward(const LinearProblem& pr, const TensorView& q, const TensorVie
   const int64_t groups = (pr.heads_kv + nh - 1) / nh;
   std::vector<FwdScratch> scratch;
   scratch.reserve(tp.size());
-  for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(c.Dp, c.Fp, c.D, nh, pr.group());
+  for (int t = 0; t < tp.size(); ++t) scratch.emplace_back(c.Dp, c.Fp, nh);
   tp.parallel_for(pr.batch * groups, [&](int64_t item, int thread) {
     const int64_t hk0 = (item % groups) * nh;
     ForwardItem(pr, c, q, k, v, out, item / groups, hk0, std::min(nh, pr.heads_kv - hk0), scratch[thread]);

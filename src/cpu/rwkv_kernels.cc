@@ -27,6 +27,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
+#include "cpu/prefetch.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
@@ -43,8 +44,11 @@ using V = hn::Vec<DF>;
 
 constexpr int64_t kW = 16;   // WKV-4 channels per block
 constexpr int64_t kT = 64;   // WKV-4 steps per chunk
-constexpr int64_t kGroupBlocks = 16;  // WKV-4 forward: blocks per group, [kT][256] staging buffers
+constexpr int64_t kGroupBlocks = 16;  // WKV-4 forward: blocks per group (a thread's share of the channels)
 constexpr int64_t kT6 = 16;  // WKV-6 steps per backward chunk
+// Staging buffers sit kPad floats beyond multiples of their size apart, so that the same row of
+// two buffers does not share its address modulo 4 KiB (a load would wait on an unrelated store).
+constexpr int64_t kPad = 16;
 
 const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
 float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
@@ -54,17 +58,10 @@ float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
 HWY_INLINE void Merge(DF df, V x, V y, V& m, V& ex, V& ey) {
   const V d = hn::Sub(x, y);
   m = hn::Max(x, y);
-  const V e = FastExp(df, hn::Neg(hn::Abs(d)));
+  const V e = Exp2NonPositive(df, hn::Mul(hn::Abs(d), hn::Set(df, -kLog2e)));
   const V one = hn::Set(df, 1.0f);
   ex = hn::IfNegativeThenElse(d, e, one);
   ey = hn::IfNegativeThenElse(d, one, e);
-}
-
-// 1/x from the hardware estimate and one Newton step (relative error about 1e-7 for the
-// denominators here, which are >= 1): cheaper than a division on every step.
-HWY_INLINE V Reciprocal(DF df, V x) {
-  const V r = hn::ApproximateReciprocal(x);
-  return hn::Mul(r, hn::NegMulAdd(x, r, hn::Set(df, 2.0f)));
 }
 
 // ---- WKV-4 ------------------------------------------------------------------------------
@@ -72,9 +69,9 @@ HWY_INLINE V Reciprocal(DF df, V x) {
 struct Wkv4Chunk {
   hwy::AlignedFreeUniquePtr<float[]> mem;
   float *k, *v, *y, *dy, *q, *inv, *gk, *gv;  // [kT][kW]
-  Wkv4Chunk() : mem(hwy::AllocateAligned<float>(8 * kT * kW)) {
+  Wkv4Chunk() : mem(hwy::AllocateAligned<float>(8 * (kT * kW + kPad))) {
     float* p = mem.get();
-    for (float** b : {&k, &v, &y, &dy, &q, &inv, &gk, &gv}) *b = p, p += kT * kW;
+    for (float** b : {&k, &v, &y, &dy, &q, &inv, &gk, &gv}) *b = p, p += kT * kW + kPad;
   }
 };
 
@@ -145,60 +142,104 @@ void Wkv4EmptyState(DF df, Wkv4Vec* st) {
     st[i] = {hn::Zero(df), hn::Zero(df), hn::Set(df, kWkv4EmptyExponent), hn::Zero(df), hn::Zero(df)};
 }
 
-// Forward for channel blocks [blk0, blk0 + nblk) of batch b. Each chunk of kT rows is copied,
-// row segment by row segment (sequential reads the prefetchers stream), into [kT][nblk·kW]
-// buffers; each block then walks its columns with its state (a, b, p) in registers.
-struct Wkv4Group {
+// Rows of a [B, T, C] tensor or of a staging buffer: row t at p + t·ld.
+struct Rows {
+  const float* p;
+  int64_t ld;
+};
+
+Rows TensorRows(const TensorView& t, int64_t b, int64_t t0, int64_t c0) {
+  return {fptr(t) + b * t.strides[0] + t0 * t.strides[1] + c0 * t.strides[2], t.strides[1]};
+}
+
+// The forward walks a thread's channels (a contiguous segment of each row) in tiles of kTile
+// rows: each channel vector takes kTile steps with its state in registers, then the next vector
+// takes the same rows; so k and v stream in as kTile contiguous row segments, y goes out the same
+// way, and the state of all the thread's channels (5·width floats with the constants) stays in
+// L1 between tiles. The next tile's lines are prefetched while a tile computes.
+constexpr int64_t kTile = 8;
+
+// Rows [0, nt) of a tile for the channel vector at o; st holds rows a, b, p, w, u of width
+// floats. Per step:
+//   d1 = p − (u + k), e = e^{−|d1|}: y = (e1·a + e2·v) / (e1·b + e2), (e1, e2) = d1 < 0 ? (e, 1) : (1, e)
+//   d2 = (p − w) − k, f = e^{−|d2|}: a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
+// The exponents stay in natural units and each difference is scaled by log2 e just before its
+// 2^x, so the scaling's rounding is relative to the difference (small where the weight matters),
+// not to |k| or |p|.
+HWY_INLINE void Wkv4ForwardTile(DF df, Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
+                                float* HWY_RESTRICT st, int64_t width, int64_t o) {
+  const V one = hn::Set(df, 1.0f), neg_log2e = hn::Set(df, -kLog2e);
+  float* sa = st + o;
+  float* sb = sa + width;
+  float* sp = sb + width;
+  V a = hn::Load(df, sa), b = hn::Load(df, sb), p = hn::Load(df, sp);
+  const V w = hn::Load(df, sp + width), u = hn::Load(df, sp + 2 * width);
+  for (int64_t t = 0; t < nt; ++t) {
+    const V kt = hn::LoadU(df, k.p + t * k.ld + o), vt = hn::LoadU(df, v.p + t * v.ld + o);
+    const V d1 = hn::Sub(p, hn::Add(u, kt));
+    const V e = Exp2NonPositive(df, hn::Mul(hn::Abs(d1), neg_log2e));
+    const V e1 = hn::IfNegativeThenElse(d1, e, one), e2 = hn::IfNegativeThenElse(d1, one, e);
+    hn::StoreU(hn::Div(hn::MulAdd(e1, a, hn::Mul(e2, vt)), hn::MulAdd(e1, b, e2)), df, y + t * ldy + o);
+    const V pw = hn::Sub(p, w);
+    const V d2 = hn::Sub(pw, kt);
+    const V f = Exp2NonPositive(df, hn::Mul(hn::Abs(d2), neg_log2e));
+    const V f1 = hn::IfNegativeThenElse(d2, f, one), f2 = hn::IfNegativeThenElse(d2, one, f);
+    a = hn::MulAdd(f1, a, hn::Mul(f2, vt));
+    b = hn::MulAdd(f1, b, f2);
+    p = hn::Max(pw, kt);
+  }
+  hn::Store(a, df, sa);
+  hn::Store(b, df, sb);
+  hn::Store(p, df, sp);
+}
+
+struct Wkv4Tile {  // one staged tile of k, v and y: [kTile][width], padded to whole vectors
   hwy::AlignedFreeUniquePtr<float[]> mem;
-  float *k, *v, *y;  // [kT][width]
-  explicit Wkv4Group(int64_t width) : mem(hwy::AllocateAligned<float>(3 * kT * width)) {
+  float *k, *v, *y;
+  explicit Wkv4Tile(int64_t width) : mem(hwy::AllocateAligned<float>(3 * (kTile * width + kPad))) {
     k = mem.get();
-    v = k + kT * width;
-    y = v + kT * width;
+    v = k + kTile * width + kPad;
+    y = v + kTile * width + kPad;
   }
 };
 
+// Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole vectors). Where
+// the channels are contiguous and nc is a multiple of the vector length, the tiles are read and
+// written in place; otherwise each tile is staged into padded buffers and back.
 void Wkv4ForwardGroup(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
-                      const TensorView& v, const TensorView& y, int64_t b, int64_t blk0, int64_t nblk, Wkv4Group& ch,
-                      float* HWY_RESTRICT state) {
+                      const TensorView& v, const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width,
+                      Wkv4Tile& tile, float* HWY_RESTRICT st) {
   const DF df;
-  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
-  const int64_t gw = nblk * kW, g0 = blk0 * kW, gn = std::min(gw, s.channels - g0);
-  float* sa = state;            // [gw]
-  float* sb = state + gw;       // [gw]
-  float* sp = state + 2 * gw;   // [gw]
-  float* cw = state + 3 * gw;   // [gw] w, zero padded
-  float* cu = state + 4 * gw;   // [gw] u
-  for (int64_t j = 0; j < gw; ++j) {
-    sa[j] = sb[j] = 0.0f;
-    sp[j] = kWkv4EmptyExponent;
-    cw[j] = j < gn ? fptr(w)[(g0 + j) * w.strides[0]] : 0.0f;
-    cu[j] = j < gn ? fptr(u)[(g0 + j) * u.strides[0]] : 0.0f;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  constexpr int64_t kLine = 64 / sizeof(float);
+  for (int64_t j = 0; j < width; ++j) {
+    st[j] = st[width + j] = 0.0f;
+    st[2 * width + j] = kWkv4EmptyExponent;
+    st[3 * width + j] = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0f;
+    st[4 * width + j] = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0f;
   }
-  for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
-    const int64_t nt = std::min(kT, s.seq - t0);
-    stage_rows(k, b, t0, nt, g0, gn, gw, ch.k);
-    stage_rows(v, b, t0, nt, g0, gn, gw, ch.v);
-    for (int64_t o = 0; o < gw; o += L) {
-      const V wv = hn::Load(df, cw + o), uv = hn::Load(df, cu + o);
-      V a = hn::Load(df, sa + o), bb = hn::Load(df, sb + o), p = hn::Load(df, sp + o);
-      for (int64_t t = 0; t < nt; ++t) {
-        const V kt = hn::Load(df, ch.k + t * gw + o), vt = hn::Load(df, ch.v + t * gw + o);
-        V q, e1, e2;
-        Merge(df, p, hn::Add(uv, kt), q, e1, e2);
-        hn::Store(hn::Mul(hn::MulAdd(e1, a, hn::Mul(e2, vt)), Reciprocal(df, hn::MulAdd(e1, bb, e2))), df,
-                  ch.y + t * gw + o);
-        V p2, f1, f2;
-        Merge(df, hn::Sub(p, wv), kt, p2, f1, f2);
-        a = hn::MulAdd(f1, a, hn::Mul(f2, vt));
-        bb = hn::MulAdd(f1, bb, f2);
-        p = p2;
+  const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % L == 0;
+  for (int64_t t0 = 0; t0 < s.seq; t0 += kTile) {
+    const int64_t nt = std::min(kTile, s.seq - t0);
+    if (direct) {
+      const Rows kr = TensorRows(k, b, t0, c0), vr = TensorRows(v, b, t0, c0), yr = TensorRows(y, b, t0, c0);
+      const int64_t ahead = std::min(kTile, s.seq - t0 - nt);  // rows of the next tile
+      for (int64_t o = 0; o < nc; o += L) {
+        if (o % kLine == 0) {  // this line of each of the next tile's rows
+          for (int64_t r = nt; r < nt + ahead; ++r) {
+            prefetch_l1(kr.p + r * kr.ld + o);
+            prefetch_l1(vr.p + r * vr.ld + o);
+          }
+        }
+        Wkv4ForwardTile(df, kr, vr, const_cast<float*>(yr.p), yr.ld, nt, st, width, o);
       }
-      hn::Store(a, df, sa + o);
-      hn::Store(bb, df, sb + o);
-      hn::Store(p, df, sp + o);
+    } else {
+      stage_rows(k, b, t0, nt, c0, nc, width, tile.k);
+      stage_rows(v, b, t0, nt, c0, nc, width, tile.v);
+      for (int64_t o = 0; o < width; o += L)
+        Wkv4ForwardTile(df, {tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
+      unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
     }
-    unstage_rows(ch.y, gw, y, b, t0, nt, g0, gn);
   }
 }
 
@@ -451,15 +492,15 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
   // Groups of at most kGroupBlocks blocks, at least one per thread over the whole batch.
   const int64_t want = std::min(blocks, std::max<int64_t>(1, tp.size() / std::max<int64_t>(1, s.batch)));
   const int64_t per = std::min(kGroupBlocks, (blocks + want - 1) / want), groups = (blocks + per - 1) / per;
-  std::vector<Wkv4Group> chunks;
+  std::vector<Wkv4Tile> tiles;
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
   for (int t = 0; t < tp.size(); ++t) {
-    chunks.emplace_back(per * kW);
+    tiles.emplace_back(per * kW);
     states.push_back(hwy::AllocateAligned<float>(5 * per * kW));
   }
   tp.parallel_for(s.batch * groups, [&](int64_t item, int thread) {
-    const int64_t blk0 = (item % groups) * per;
-    Wkv4ForwardGroup(s, w, u, k, v, y, item / groups, blk0, std::min(per, blocks - blk0), chunks[thread],
+    const int64_t c0 = (item % groups) * per * kW, nc = std::min(per * kW, s.channels - c0);
+    Wkv4ForwardGroup(s, w, u, k, v, y, item / groups, c0, nc, (nc + kW - 1) / kW * kW, tiles[thread],
                      states[thread].get());
   });
 }

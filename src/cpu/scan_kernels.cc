@@ -19,6 +19,7 @@
 #define HWY_TARGET_INCLUDE "cpu/scan_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "core/thread_pool.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_kernels.h"
+#include "cpu/prefetch.h"
 #include "cpu/scan_stage.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -39,6 +41,9 @@ namespace {
 constexpr int64_t kW = 16;  // channels per block
 constexpr int64_t kT = 64;  // time steps per chunk
 constexpr int64_t kGroupBlocks = 16;  // blocks per forward group: [kT][256] staging buffers
+// Staging buffers sit kPad floats beyond multiples of their size apart, so that the same row of
+// two buffers does not share its address modulo 4 KiB (a load would wait on an unrelated store).
+constexpr int64_t kPad = 16;
 
 const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
 float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
@@ -52,21 +57,26 @@ void Unstage(const float* HWY_RESTRICT src, const TensorView& dst, int64_t b, in
 }
 
 // Per-block constants: At[n][0..kW) = A[c0 + j, n]·log2 e (so that exp(ΔA) = 2^{Δ·At}),
-// Dv[j] = D[c0 + j] (zero padded).
-void LoadBlockConstants(const ScanDims& s, const ScanInputs& in, int64_t c0, int64_t nc, float* HWY_RESTRICT at,
+// Dv[j] = D[c0 + j] (zero padded). Returns whether every A of the block is <= 0 (decays, the
+// usual case), which lets the scan skip the exponential's upper clamp.
+bool LoadBlockConstants(const ScanDims& s, const ScanInputs& in, int64_t c0, int64_t nc, float* HWY_RESTRICT at,
                         float* HWY_RESTRICT dv) {
+  bool nonpositive = true;
   for (int64_t n = 0; n < s.state; ++n)
-    for (int64_t j = 0; j < kW; ++j)
+    for (int64_t j = 0; j < kW; ++j) {
       at[n * kW + j] = j < nc ? kLog2e * fptr(in.A)[(c0 + j) * in.A.strides[0] + n * in.A.strides[1]] : 0.0f;
+      nonpositive &= at[n * kW + j] <= 0.0f;
+    }
   for (int64_t j = 0; j < kW; ++j) dv[j] = s.has_d && j < nc ? fptr(in.D)[(c0 + j) * in.D.strides[0]] : 0.0f;
+  return nonpositive;
 }
 
 struct Chunk {  // staged [kT][kW] rows of one chunk
   hwy::AlignedFreeUniquePtr<float[]> mem;
   float *x, *dt, *z, *y, *dy, *gx, *gdt, *gz;
-  Chunk() : mem(hwy::AllocateAligned<float>(8 * kT * kW)) {
+  Chunk() : mem(hwy::AllocateAligned<float>(8 * (kT * kW + kPad))) {
     float* p = mem.get();
-    for (float** b : {&x, &dt, &z, &y, &dy, &gx, &gdt, &gz}) *b = p, p += kT * kW;
+    for (float** b : {&x, &dt, &z, &y, &dy, &gx, &gdt, &gz}) *b = p, p += kT * kW + kPad;
   }
 };
 
@@ -76,11 +86,28 @@ struct Rows {
   int64_t ld;
 };
 
-// Advances h over steps [0, nt) of a chunk; writes y (before the gate, rows of kW) when
-// y != nullptr and keeps every h_t in hs[t] ([nt][N][kW]) when hs != nullptr.
+// silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z))).
+HWY_INLINE hn::Vec<hn::ScalableTag<float>> Sigmoid(hn::Vec<hn::ScalableTag<float>> z) {
+  const hn::ScalableTag<float> df;
+  return hn::Div(hn::Set(df, 1.0f), hn::Add(hn::Set(df, 1.0f), FastExp(df, hn::Neg(z))));
+}
+
+// What one chunk of one block reads and writes besides its state.
+struct ChunkIO {
+  Rows x, delta;
+  Rows z{nullptr, 0};       // the gate: y·silu(z) is written when z.p != nullptr, else y
+  float* y = nullptr;       // rows of kW at y + t·ldy, or nullptr
+  int64_t ldy = kW;
+  float* hs = nullptr;      // every h_t ([nt][N][kW]) when != nullptr
+  Rows next[3] = {};        // rows another chunk will read next: prefetched, one line per row
+};
+
+// Advances h over steps [0, nt) of a chunk (see ChunkIO for the outputs). kNonPositive: every A
+// of the block is <= 0, so Δ·A <= 0 (Δ >= 0) and the exponential needs no upper clamp.
+template <bool kNonPositive>
 HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, int64_t t0, int64_t nt,
-                          const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec, Rows x, Rows delta,
-                          float* HWY_RESTRICT h, float* HWY_RESTRICT y, float* HWY_RESTRICT hs, int64_t ldy = kW) {
+                          const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec, const ChunkIO& io,
+                          float* HWY_RESTRICT h) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
@@ -89,10 +116,12 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
   const float* bp = fptr(in.B) + b * in.B.strides[0] + t0 * in.B.strides[1];
   const float* cp = fptr(in.C) + b * in.C.strides[0] + t0 * in.C.strides[1];
   for (int64_t t = 0; t < nt; ++t) {
+    for (const Rows& r : io.next)
+      if (r.p) prefetch_l2(r.p + t * r.ld);  // into L2: L1 holds the current block
     V dt[nv], dtx[nv], acc[nv];
     for (int64_t v = 0; v < nv; ++v) {
-      const V xv = hn::LoadU(df, x.p + t * x.ld + v * L);
-      dt[v] = hn::LoadU(df, delta.p + t * delta.ld + v * L);
+      const V xv = hn::LoadU(df, io.x.p + t * io.x.ld + v * L);
+      dt[v] = hn::LoadU(df, io.delta.p + t * io.delta.ld + v * L);
       dtx[v] = hn::Mul(dt[v], xv);
       acc[v] = hn::Mul(hn::Load(df, dvec + v * L), xv);
     }
@@ -103,66 +132,94 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
       const V cn = hn::Set(df, ct[n * cs]);
       float* hn_ = h + n * kW;
       for (int64_t v = 0; v < nv; ++v) {
-        const V a = FastExp2(df, hn::Mul(dt[v], hn::Load(df, at + n * kW + v * L)));
+        const V arg = hn::Mul(dt[v], hn::Load(df, at + n * kW + v * L));
+        const V a = kNonPositive ? Exp2NonPositive(df, arg) : FastExp2(df, arg);
         const V hv = hn::MulAdd(a, hn::Load(df, hn_ + v * L), hn::Mul(dtx[v], bn));
         hn::Store(hv, df, hn_ + v * L);
         acc[v] = hn::MulAdd(cn, hv, acc[v]);
       }
     }
-    if (hs) std::memcpy(hs + t * N * kW, h, N * kW * sizeof(float));
-    if (y) {
-      for (int64_t v = 0; v < nv; ++v) hn::Store(acc[v], df, y + t * ldy + v * L);
-    }
-  }
-}
-
-// silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z))).
-HWY_INLINE hn::Vec<hn::ScalableTag<float>> Sigmoid(hn::Vec<hn::ScalableTag<float>> z) {
-  const hn::ScalableTag<float> df;
-  return hn::Div(hn::Set(df, 1.0f), hn::Add(hn::Set(df, 1.0f), FastExp(df, hn::Neg(z))));
-}
-
-// Channel blocks [blk0, blk0 + nblk) of batch b. Each chunk of kT rows is first copied, row
-// segment by row segment (sequential reads the prefetchers stream), into [kT][nblk·kW]
-// buffers; the blocks then walk their columns there, their states (nblk·N·kW floats) in cache.
-struct GroupChunk {
-  hwy::AlignedFreeUniquePtr<float[]> mem;
-  float *x, *dt, *z, *y;  // [kT][width]
-  explicit GroupChunk(int64_t width) : mem(hwy::AllocateAligned<float>(4 * kT * width)) {
-    x = mem.get();
-    dt = x + kT * width;
-    z = dt + kT * width;
-    y = z + kT * width;
-  }
-};
-
-void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t blk0,
-                  int64_t nblk, GroupChunk& ch, float* HWY_RESTRICT consts, float* HWY_RESTRICT hstate) {
-  const hn::ScalableTag<float> df;
-  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t NW = s.state * kW, CW = NW + kW;  // per block: At [N][kW] and D [kW]
-  const int64_t gw = nblk * kW, g0 = blk0 * kW, gn = std::min(gw, s.channels - g0);
-  for (int64_t i = 0; i < nblk; ++i) {
-    const int64_t c0 = (blk0 + i) * kW;
-    LoadBlockConstants(s, in, c0, std::min(kW, s.channels - c0), consts + i * CW, consts + i * CW + NW);
-  }
-  std::fill(hstate, hstate + nblk * NW, 0.0f);
-  for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
-    const int64_t nt = std::min(kT, s.seq - t0);
-    stage_rows(in.x, b, t0, nt, g0, gn, gw, ch.x);
-    stage_rows(in.delta, b, t0, nt, g0, gn, gw, ch.dt);
-    for (int64_t i = 0; i < nblk; ++i) {
-      ScanChunk(s, in, b, t0, nt, consts + i * CW, consts + i * CW + NW, {ch.x + i * kW, gw}, {ch.dt + i * kW, gw},
-                hstate + i * NW, ch.y + i * kW, nullptr, gw);
-    }
-    if (s.has_z) {
-      stage_rows(in.z, b, t0, nt, g0, gn, gw, ch.z);
-      for (int64_t i = 0; i < nt * gw; i += L) {
-        const auto zv = hn::Load(df, ch.z + i);
-        hn::Store(hn::Mul(hn::Load(df, ch.y + i), hn::Mul(zv, Sigmoid(zv))), df, ch.y + i);
+    if (io.hs) std::memcpy(io.hs + t * N * kW, h, N * kW * sizeof(float));
+    if (io.y) {
+      for (int64_t v = 0; v < nv; ++v) {
+        V yv = acc[v];
+        if (io.z.p) {
+          const V zv = hn::LoadU(df, io.z.p + t * io.z.ld + v * L);
+          yv = hn::Mul(yv, hn::Mul(zv, Sigmoid(zv)));
+        }
+        hn::StoreU(yv, df, io.y + t * io.ldy + v * L);
       }
     }
-    unstage_rows(ch.y, gw, out, b, t0, nt, g0, gn);
+  }
+}
+
+// ScanChunk with the variant chosen by the block's A (see LoadBlockConstants).
+HWY_INLINE void ScanChunkAny(bool nonpositive, const ScanDims& s, const ScanInputs& in, int64_t b, int64_t t0,
+                             int64_t nt, const float* HWY_RESTRICT at, const float* HWY_RESTRICT dvec,
+                             const ChunkIO& io, float* HWY_RESTRICT h) {
+  if (nonpositive) {
+    ScanChunk<true>(s, in, b, t0, nt, at, dvec, io, h);
+  } else {
+    ScanChunk<false>(s, in, b, t0, nt, at, dvec, io, h);
+  }
+}
+
+// Row t0 of channel c0 of a [B, T, C] tensor; its rows are strides[1] apart.
+Rows TensorRows(const TensorView& t, int64_t b, int64_t t0, int64_t c0) {
+  return {fptr(t) + b * t.strides[0] + t0 * t.strides[1] + c0 * t.strides[2], t.strides[1]};
+}
+
+// Channel blocks [blk0, blk0 + nblk) of batch b, in chunks of kT steps; within a chunk the
+// blocks walk their columns one after the other, each state (N·kW floats) in L1. Where the
+// channels are contiguous and the block is full, the kernel reads x, Δ, z and writes out in
+// place (one 64-byte line per row and tensor) and prefetches the next block's lines while it
+// computes; otherwise the block's rows are staged into [kT][kW] buffers and back.
+void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t blk0,
+                  int64_t nblk, Chunk& ch, float* HWY_RESTRICT consts, float* HWY_RESTRICT hstate) {
+  const int64_t NW = s.state * kW, CW = NW + kW;  // per block: At [N][kW] and D [kW]
+  bool nonpositive[kGroupBlocks];
+  for (int64_t i = 0; i < nblk; ++i) {
+    const int64_t c0 = (blk0 + i) * kW;
+    nonpositive[i] =
+        LoadBlockConstants(s, in, c0, std::min(kW, s.channels - c0), consts + i * CW, consts + i * CW + NW);
+  }
+  std::fill(hstate, hstate + nblk * NW, 0.0f);
+  const bool unit = in.x.strides[2] == 1 && in.delta.strides[2] == 1 && out.strides[2] == 1 &&
+                    (!s.has_z || in.z.strides[2] == 1);
+  auto direct = [&](int64_t c0) { return unit && c0 + kW <= s.channels; };
+  for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
+    const int64_t nt = std::min(kT, s.seq - t0);
+    for (int64_t i = 0; i < nblk; ++i) {
+      const int64_t c0 = (blk0 + i) * kW, nc = std::min(kW, s.channels - c0);
+      ChunkIO io;
+      if (direct(c0)) {
+        io.x = TensorRows(in.x, b, t0, c0);
+        io.delta = TensorRows(in.delta, b, t0, c0);
+        if (s.has_z) io.z = TensorRows(in.z, b, t0, c0);
+        const Rows o = TensorRows(out, b, t0, c0);
+        io.y = const_cast<float*>(o.p);
+        io.ldy = o.ld;
+      } else {
+        Stage(in.x, b, t0, nt, c0, nc, ch.x);
+        Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
+        io.x = {ch.x, kW};
+        io.delta = {ch.dt, kW};
+        if (s.has_z) {
+          Stage(in.z, b, t0, nt, c0, nc, ch.z);
+          io.z = {ch.z, kW};
+        }
+        io.y = ch.y;
+      }
+      // The block after this one: the next in the group, or the group's first at the next chunk.
+      const int64_t nb0 = i + 1 < nblk ? c0 + kW : blk0 * kW, nt0 = i + 1 < nblk ? t0 : t0 + kT;
+      if (nt0 < s.seq && direct(nb0)) {
+        io.next[0] = TensorRows(in.x, b, nt0, nb0);
+        io.next[1] = TensorRows(in.delta, b, nt0, nb0);
+        if (s.has_z) io.next[2] = TensorRows(in.z, b, nt0, nb0);
+      }
+      ScanChunkAny(nonpositive[i], s, in, b, t0, nt, consts + i * CW, consts + i * CW + NW, io, hstate + i * NW);
+      if (!direct(c0)) Unstage(ch.y, out, b, t0, nt, c0, nc);
+    }
   }
 }
 
@@ -196,7 +253,7 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
   const int64_t N = s.state, NW = N * kW;
   const int64_t nc = std::min(kW, s.channels - c0);
   const int64_t chunks = (s.seq + kT - 1) / kT;
-  LoadBlockConstants(s, in, c0, nc, bb.at, bb.dvec);
+  const bool nonpositive = LoadBlockConstants(s, in, c0, nc, bb.at, bb.dvec);
   std::fill(bb.dA, bb.dA + NW, 0.0f);
   std::fill(bb.dD, bb.dD + kW, 0.0f);
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -206,7 +263,10 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
       std::memcpy(&bb.ckpt[ci * NW], bb.h, NW * sizeof(float));
       Stage(in.x, b, t0, nt, c0, nc, ch.x);
       Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
-      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, {ch.x, kW}, {ch.dt, kW}, bb.h, nullptr, nullptr);
+      ChunkIO io;
+      io.x = {ch.x, kW};
+      io.delta = {ch.dt, kW};
+      ScanChunkAny(nonpositive, s, in, b, t0, nt, bb.at, bb.dvec, io, bb.h);
     }
     std::fill(bb.carry, bb.carry + NW, 0.0f);
     float* dBb = bb.dB.data() + b * s.seq * N;
@@ -218,7 +278,12 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
       Stage(dout, b, t0, nt, c0, nc, ch.dy);
       std::memcpy(bb.hs, &bb.ckpt[ci * NW], NW * sizeof(float));
       std::memcpy(bb.h, bb.hs, NW * sizeof(float));
-      ScanChunk(s, in, b, t0, nt, bb.at, bb.dvec, {ch.x, kW}, {ch.dt, kW}, bb.h, ch.y, bb.hs + NW);
+      ChunkIO io;
+      io.x = {ch.x, kW};
+      io.delta = {ch.dt, kW};
+      io.y = ch.y;  // before the gate
+      io.hs = bb.hs + NW;
+      ScanChunkAny(nonpositive, s, in, b, t0, nt, bb.at, bb.dvec, io, bb.h);
       if (s.has_z) {  // dz = dout·y·silu'(z), dy = dout·silu(z)
         Stage(in.z, b, t0, nt, c0, nc, ch.z);
         for (int64_t i = 0; i < nt * kW; i += L) {
@@ -252,7 +317,8 @@ void BackwardBlock(const ScanDims& s, const ScanInputs& in, const TensorView& do
           for (int64_t v = 0; v < nv; ++v) {
             const int64_t o = n * kW + v * L;
             const V an2 = hn::Load(df, bb.at + o);
-            const V a = FastExp2(df, hn::Mul(dt[v], an2));
+            const V arg = hn::Mul(dt[v], an2);
+            const V a = nonpositive ? Exp2NonPositive(df, arg) : FastExp2(df, arg);
             const V an = hn::Mul(an2, hn::Set(df, 0.69314718055994531f));  // A
             const V gv = hn::MulAdd(cn, dy[v], hn::Load(df, bb.carry + o));
             dc = hn::MulAdd(dy[v], hn::Load(df, h_now + o), dc);
@@ -292,10 +358,9 @@ void ScanForward(const ScanDims& s, const ScanInputs& in, const TensorView& out)
   const int64_t want = std::max<int64_t>(1, tp.size() / std::max<int64_t>(1, s.batch));
   const int64_t per = std::min(kGroupBlocks, (blocks + std::min(want, blocks) - 1) / std::min(want, blocks));
   const int64_t groups = (blocks + per - 1) / per;
-  std::vector<GroupChunk> chunks;
+  std::vector<Chunk> chunks(tp.size());
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> consts, states;
   for (int t = 0; t < tp.size(); ++t) {
-    chunks.emplace_back(per * kW);
     consts.push_back(hwy::AllocateAligned<float>(per * (s.state * kW + kW)));
     states.push_back(hwy::AllocateAligned<float>(per * s.state * kW));
   }
