@@ -51,22 +51,45 @@ struct Sm90Work {
   SeqInfo si;
   int m0, h;
 };
-// Work w of a persistent CTA's static schedule: query tiles innermost, so that the CTAs
-// running at once share a few heads' K and V in L2; within a head the last (longest when
-// causal) query tiles first.
+// LAB ONLY (lab/cuda 09): the schedule under test.
+//   order 0: units (query tile, head·seq) with query tiles innermost, the last (longest when
+//            causal) first; CTA b takes units b, b + grid, ...
+//   order 1: heads in groups of `group`, within a group query tiles from the last to the first
+//            and heads innermost (longest first across the group, K/V of the group in L2).
+//   order 2: units in pairs of equal causal work, query tiles t and m_tiles − 1 − t of one head;
+//            CTA b takes the pairs b, b + grid, ... (persistent: balanced static schedule).
+struct Sm90Lab {
+  int order, group, half;
+};
+__device__ __forceinline__ int sm90_unit(int order, int k) {
+  if (order == 2) return 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1);
+  return blockIdx.x + k * gridDim.x;
+}
 template <int kBM>
-__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int w, int m_tiles) {
-  const int hz = w / m_tiles;
+__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int w, int m_tiles, const Sm90Lab& lab) {
+  int hz, t;
+  if (lab.order == 1) {
+    const int g0 = w / (lab.group * m_tiles) * lab.group;
+    const int gs = min(lab.group, p.heads_q * p.num_seqs - g0);
+    const int r = w - g0 * m_tiles;
+    t = m_tiles - 1 - r / gs;
+    hz = g0 + r % gs;
+  } else {
+    hz = w / m_tiles;
+    const int r = w % m_tiles;
+    t = lab.order == 2 ? ((r & 1) == 0 ? m_tiles - 1 - (r >> 1) : r >> 1) : m_tiles - 1 - r;
+  }
   Sm90Work u;
-  u.m0 = (m_tiles - 1 - w % m_tiles) * kBM;
+  u.m0 = t * kBM;
   u.h = hz % p.heads_q;
   u.si = seq_info(p, hz / p.heads_q);
   return u;
 }
 
-template <int kD, bool kBf16, bool kCausal>
+template <int kD, bool kBf16, bool kCausal, bool kPingPong>
 __global__ void __launch_bounds__(384, 1)
-    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps, int m_tiles) {
+    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps, int m_tiles,
+                          Sm90Lab lab) {
   using T = Elem<kBf16>;
   using Tile = Sm90FwdTile<kD>;
   constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
@@ -84,7 +107,7 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
-    mbar_init(q_empty, 8);
+    mbar_init(q_empty, 256);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full_k[s], 1);
       mbar_init(&full_v[s], 1);
@@ -98,8 +121,10 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       int kv_it = 0, t = 0;  // K/V tiles and query tiles loaded so far (the rings' phases)
-      for (int w = blockIdx.x; w < total; w += gridDim.x) {
-        const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+      for (int ku = 0;; ++ku) {
+        const int w = sm90_unit(lab.order, ku);
+        if (w >= total) break;
+        const Sm90Work u = sm90_work<kBM>(p, w, m_tiles, lab);
         const SeqInfo& si = u.si;
         if (u.m0 >= si.nq) continue;
         int n_end = si.nk;
@@ -138,8 +163,20 @@ __global__ void __launch_bounds__(384, 1)
   const float c = p.scale_log2;
   const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
   int kv_base = 0, t = 0;
-  for (int w = blockIdx.x; w < total; w += gridDim.x) {
-  const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+  // Ping-pong (FlashAttention-3 §3.1): the warpgroups take turns at issuing their products,
+  // through named barriers 1 (warpgroup 0's turn) and 2 (warpgroup 1's), so that one's softmax
+  // runs while the other's products occupy the tensor cores. Warpgroup 1 hands the first turn.
+  if (kPingPong && wg == 1) named_barrier_arrive(1, 256);
+  auto turn_wait = [&] {
+    if constexpr (kPingPong) named_barrier_sync(1 + wg, 256);
+  };
+  auto turn_pass = [&] {
+    if constexpr (kPingPong) named_barrier_arrive(2 - wg, 256);
+  };
+  for (int ku = 0;; ++ku) {
+  const int w = sm90_unit(lab.order, ku);
+  if (w >= total) break;
+  const Sm90Work u = sm90_work<kBM>(p, w, m_tiles, lab);
   const SeqInfo& si = u.si;
   const int m0 = u.m0, h = u.h;
   if (m0 >= si.nq) continue;
@@ -155,7 +192,9 @@ __global__ void __launch_bounds__(384, 1)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mbar_wait(bar_q, t & 1);
 
-  // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for).
+  // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for). `half`: only
+  // the tile's first kBN/2 keys (the rest are masked for every row of this warpgroup), into
+  // the first half of the fragment.
   auto issue_s = [&](float (&sc)[kBN / 2], int s) {
     const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
 #pragma unroll
@@ -167,15 +206,36 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_commit();
   };
-  // O += P V for the value tile in stage s, issued and committed.
-  auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int s) {
-    const uint32_t v_addr = smem_u32(sV + s * Tile::kKVBytes);
+  // The first kBN/2 keys only, waited for; the others -inf.
+  auto s_half = [&](float (&sc)[kBN / 2], int s) {
+    const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
+    float sh[kBN / 4];
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t db = make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024);
-      wgmma_rs<kD, kBf16, true>(o, pa[kk], db, 1);
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t off = (kk % 4) * 32;  // 16 columns of a 64-column block
+      const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
+      const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
+      wgmma_ss<kBN / 2, kBf16>(sh, da, db, kk > 0);
     }
     wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(sh);
+#pragma unroll
+    for (int i = 0; i < kBN / 4; ++i) { sc[i] = sh[i]; sc[i + kBN / 4] = -INFINITY; }
+  };
+  // O += P V for the value tile in stage s, issued (not committed). `half`: the first kBN/2
+  // keys only (P is 0 on the others).
+  auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int s, bool half) {
+    const uint32_t v_addr = smem_u32(sV + s * Tile::kKVBytes);
+    if (half) {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 32; ++kk)
+        wgmma_rs<kD, kBf16, true>(o, pa[kk], make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_rs<kD, kBf16, true>(o, pa[kk], make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
+    }
   };
   // Masks key tile j of S, updates m and l, turns S into P (f32) and returns the factors
   // 2^((m − m')·c) by which O must be rescaled.
@@ -222,6 +282,11 @@ __global__ void __launch_bounds__(384, 1)
   auto release = [&](int s) {
     if (lane == 0) mbar_arrive(&empty[s]);
   };
+  // Q is free once the unit's last S product has completed: the producer loads the next
+  // unit's Q during the last softmax, P V and the epilogue.
+  // Every consumer thread arrives (count 256): a lane-divergent arrival while P V is in flight
+  // would make ptxas serialize the wgmma pipeline.
+  auto release_q = [&] { mbar_arrive(q_empty); };
 
   // Software pipeline within the warpgroup (FlashAttention-3 §3.2): the S product of tile
   // it runs on the tensor cores together with the P V product of tile it − 1, and the
@@ -229,25 +294,41 @@ __global__ void __launch_bounds__(384, 1)
   float sc[kBN / 2];          // S, then P (f32): m64 × kBN
   uint32_t pa[kBN / 16][4];   // P as the A fragments of O += P V
   float alpha[2];
+  // The first (last-indexed) key tile: keys past this warpgroup's last visible key
+  // min(nk, wg_m0 + 64 + diag) are masked for all of its rows; when they fill the tile's second
+  // half, the products skip it (the causal diagonal of the first warpgroup).
+  const int wg_end = kCausal ? min(si.nk, wg_m0 + 64 + diag) : si.nk;
+  const bool half0 = __shfl_sync(0xffffffffu, int(lab.half && (n_blocks - 1) * kBN + kBN / 2 >= wg_end), 0) != 0;
   if (n_blocks > 0) {
     const int s0 = kv_base % kStages;
     mbar_wait(&full_k[s0], (kv_base / kStages) & 1);
+    turn_wait();
     wgmma_fence();
-    issue_s(sc, s0);
-    wgmma_wait<0>();
-    fence_regs(sc);
+    if (half0) {
+      s_half(sc, s0);
+    } else {
+      issue_s(sc, s0);
+      wgmma_wait<0>();
+      fence_regs(sc);
+    }
+    turn_pass();
+    if (n_blocks == 1) release_q();
     softmax(sc, n_blocks - 1, alpha);
     to_p(sc, pa);
   }
   for (int it = 1; it < n_blocks; ++it) {
     const int s = (kv_base + it) % kStages, prev = (kv_base + it - 1) % kStages;
     mbar_wait(&full_k[s], ((kv_base + it) / kStages) & 1);
+    mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
+    turn_wait();
     wgmma_fence();
     issue_s(sc, s);
-    mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
-    issue_pv(pa, prev);
+    issue_pv(pa, prev, it == 1 && half0);
+    wgmma_commit();
+    turn_pass();
     wgmma_wait<1>();
     fence_regs(sc);
+    if (it == n_blocks - 1) release_q();
     softmax(sc, n_blocks - 1 - it, alpha);
     wgmma_wait<0>();
     fence_regs(o);
@@ -265,15 +346,18 @@ __global__ void __launch_bounds__(384, 1)
   if (n_blocks > 0) {
     const int last = (kv_base + n_blocks - 1) % kStages;
     mbar_wait(&full_v[last], ((kv_base + n_blocks - 1) / kStages) & 1);
+    turn_wait();
     wgmma_fence();
-    issue_pv(pa, last);
+    issue_pv(pa, last, n_blocks == 1 && half0);
+    wgmma_commit();
+    turn_pass();
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(pa);
     release(last);
   }
 
-  if (lane == 0) mbar_arrive(q_empty);
+  if (n_blocks == 0) release_q();
   ++t;
   kv_base += n_blocks;
 
@@ -296,6 +380,7 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   }
+  if (kPingPong && wg == 0) named_barrier_sync(1, 256);  // warpgroup 1's last hand-off
 }
 
 }  // namespace attnkit::cuda
