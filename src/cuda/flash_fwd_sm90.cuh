@@ -1,5 +1,5 @@
 // Flash attention forward on Hopper (sm_90a): TMA + wgmma, warp specialised (FlashAttention-3,
-// Shah et al. 2024, §3.1). One CTA owns kBM = 128 query rows of one head of one sequence:
+// Shah et al. 2024, §3.1). A CTA owns kBM = 128 query rows of one head of one sequence at a time:
 //   warpgroup 0, the producer: one thread loads the Q tile once and the K and V tiles (kBN key
 //     rows each) into a kStages-deep ring with TMA, each stage completing on an mbarrier
 //     ("full"); it reuses a stage once both consumers have released it ("empty");
@@ -9,13 +9,16 @@
 //     l = l·2^((m − m')·c) + rowsum P;  O = O·2^((m − m')·c) + P V
 //                      (wgmma m64n{kD}k16, P from registers, V from shared memory transposed)
 //   then O /= l, lse = (m·c + log2 l)·ln 2. Key tiles run from the last to the first, so the
-//   causal diagonal (the only tiles that need a mask) comes first.
+//   causal diagonal (the only tiles that need a mask) comes first; where the second half of
+//   that tile is masked for all 64 rows of a warpgroup, its products skip it.
+// Within a warpgroup the S product of tile j overlaps the softmax of tile j − 1 and its P V
+// product (§3.2); at kD = 64 the two warpgroups also take turns at issuing products
+// ("ping-pong", §3.1), so that one's softmax runs under the other's products.
 // setmaxnreg gives the consumers 232 registers and the producer 40.
 // Layouts: q, o [B, Sq, Hq, D]; k, v [B, Sk, Hkv, D]; lse [B, Hq, Sq] (FlashParams); shared
-// tiles in swizzled column blocks (hopper_sm90.cuh). Work: (query tile, head, sequence) units,
-// query tiles innermost and the longest causal rows first (sm90_work); a CTA takes units
-// blockIdx.x, blockIdx.x + gridDim.x, ... (persistent when the grid is smaller than the list),
-// the rings' barrier phases running on across units. Causal masking is bottom-right aligned.
+// tiles in swizzled column blocks (hopper_sm90.cuh). Work: a persistent grid walks
+// (query tile, head, sequence) units in pairs of equal causal work (sm90_unit, sm90_work), the
+// rings' barrier phases running on across units. Causal masking is bottom-right aligned.
 #pragma once
 
 #include <cuda.h>
@@ -38,6 +41,9 @@ struct Sm90FwdTile {
   static constexpr int kBM = 128;  // query rows per CTA: two consumer warpgroups × 64
   static constexpr int kBN = 128;  // key rows per tile
   static constexpr int kStages = kD <= 64 ? 4 : 3;  // 226 KB of shared memory at kD = 128
+  // Ping-pong of the consumer warpgroups: +3-10% at kD = 64, where the softmax takes about as
+  // long as the products; no gain at kD = 128 (lab/cuda/NOTES.md 09).
+  static constexpr bool kPingPong = kD <= 64;
   static constexpr int kThreads = 384;
   static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
   static constexpr int kQBytes = kBM * kD * 2;
@@ -51,48 +57,29 @@ struct Sm90Work {
   SeqInfo si;
   int m0, h;
 };
-// LAB ONLY (lab/cuda 09): the schedule under test.
-//   order 0: units (query tile, head·seq) with query tiles innermost, the last (longest when
-//            causal) first; CTA b takes units b, b + grid, ...
-//   order 1: heads in groups of `group`, within a group query tiles from the last to the first
-//            and heads innermost (longest first across the group, K/V of the group in L2).
-//   order 2: units in pairs of equal causal work, query tiles t and m_tiles − 1 − t of one head;
-//            CTA b takes the pairs b, b + grid, ... (persistent: balanced static schedule).
-struct Sm90Lab {
-  int order, group, half;
-};
-__device__ __forceinline__ int sm90_unit(int order, int k) {
-  if (order == 2) return 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1);
-  return blockIdx.x + k * gridDim.x;
-}
-template <int kBM>
-__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int w, int m_tiles, const Sm90Lab& lab) {
-  int hz, t;
-  if (lab.order == 1) {
-    const int g0 = w / (lab.group * m_tiles) * lab.group;
-    const int gs = min(lab.group, p.heads_q * p.num_seqs - g0);
-    const int r = w - g0 * m_tiles;
-    t = m_tiles - 1 - r / gs;
-    hz = g0 + r % gs;
-  } else {
-    hz = w / m_tiles;
-    const int r = w % m_tiles;
-    t = lab.order == 2 ? ((r & 1) == 0 ? m_tiles - 1 - (r >> 1) : r >> 1) : m_tiles - 1 - r;
-  }
+// The schedule: units (query tile t, head·sequence) paired as t = m_tiles − 1 − i and t = i of
+// one head (unit 2i and 2i + 1 of the head), so that with causal masking every pair holds the
+// same number of key tiles (m_tiles + 1 when Sq = Sk); a CTA takes the pairs b, b + grid, ...,
+// the longer unit first. A static stride over single causal units, or the hardware's block
+// scheduler with one CTA per unit, left 5-10% idle (lab/cuda/NOTES.md 05, 09). Query tiles
+// innermost: the CTAs running at once share a few heads' K and V in L2.
+__device__ __forceinline__ int sm90_unit(int k) { return 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1); }
+__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int kBM, int w, int m_tiles) {
+  const int hz = w / m_tiles, r = w % m_tiles;
   Sm90Work u;
-  u.m0 = t * kBM;
+  u.m0 = ((r & 1) == 0 ? m_tiles - 1 - (r >> 1) : r >> 1) * kBM;
   u.h = hz % p.heads_q;
   u.si = seq_info(p, hz / p.heads_q);
   return u;
 }
 
-template <int kD, bool kBf16, bool kCausal, bool kPingPong>
+template <int kD, bool kBf16, bool kCausal>
 __global__ void __launch_bounds__(384, 1)
-    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps, int m_tiles,
-                          Sm90Lab lab) {
+    flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p, const __grid_constant__ Sm90Maps maps, int m_tiles) {
   using T = Elem<kBf16>;
   using Tile = Sm90FwdTile<kD>;
   constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
+  constexpr bool kPingPong = Tile::kPingPong;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sQ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint8_t* sK = sQ + Tile::kQBytes;                // [kStages][kBlocks][kBN][128 B]
@@ -122,9 +109,9 @@ __global__ void __launch_bounds__(384, 1)
     if (threadIdx.x == 0) {
       int kv_it = 0, t = 0;  // K/V tiles and query tiles loaded so far (the rings' phases)
       for (int ku = 0;; ++ku) {
-        const int w = sm90_unit(lab.order, ku);
+        const int w = sm90_unit(ku);
         if (w >= total) break;
-        const Sm90Work u = sm90_work<kBM>(p, w, m_tiles, lab);
+        const Sm90Work u = sm90_work(p, kBM, w, m_tiles);
         const SeqInfo& si = u.si;
         if (u.m0 >= si.nq) continue;
         int n_end = si.nk;
@@ -159,7 +146,11 @@ __global__ void __launch_bounds__(384, 1)
 
   // Consumer warpgroups.
   setmaxnreg_inc<232>();
-  const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // The warpgroup index through a shuffle, so that ptxas sees it (and the branches around the
+  // products that depend on it: the diagonal tile's half) as warp-uniform; otherwise it
+  // serializes the wgmma pipeline (C7520), or runs short of registers for it (C7511).
+  const int wg = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128) - 1, 0);
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const float c = p.scale_log2;
   const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
   int kv_base = 0, t = 0;
@@ -174,9 +165,9 @@ __global__ void __launch_bounds__(384, 1)
     if constexpr (kPingPong) named_barrier_arrive(2 - wg, 256);
   };
   for (int ku = 0;; ++ku) {
-  const int w = sm90_unit(lab.order, ku);
+  const int w = sm90_unit(ku);
   if (w >= total) break;
-  const Sm90Work u = sm90_work<kBM>(p, w, m_tiles, lab);
+  const Sm90Work u = sm90_work(p, kBM, w, m_tiles);
   const SeqInfo& si = u.si;
   const int m0 = u.m0, h = u.h;
   if (m0 >= si.nq) continue;
@@ -192,9 +183,7 @@ __global__ void __launch_bounds__(384, 1)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mbar_wait(bar_q, t & 1);
 
-  // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for). `half`: only
-  // the tile's first kBN/2 keys (the rest are masked for every row of this warpgroup), into
-  // the first half of the fragment.
+  // S = Q Kᵀ for the key tile in stage s, issued and committed (not waited for).
   auto issue_s = [&](float (&sc)[kBN / 2], int s) {
     const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
 #pragma unroll
@@ -206,7 +195,9 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_commit();
   };
-  // The first kBN/2 keys only, waited for; the others -inf.
+  // S for the first kBN/2 keys of the tile in stage s only (the others are masked for every row
+  // of this warpgroup: −∞), issued and waited for. Its own accumulator, copied afterwards: the
+  // half-width product writing into the full fragment made ptxas serialize the pipeline.
   auto s_half = [&](float (&sc)[kBN / 2], int s) {
     const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
     float sh[kBN / 4];
@@ -298,7 +289,7 @@ __global__ void __launch_bounds__(384, 1)
   // min(nk, wg_m0 + 64 + diag) are masked for all of its rows; when they fill the tile's second
   // half, the products skip it (the causal diagonal of the first warpgroup).
   const int wg_end = kCausal ? min(si.nk, wg_m0 + 64 + diag) : si.nk;
-  const bool half0 = __shfl_sync(0xffffffffu, int(lab.half && (n_blocks - 1) * kBN + kBN / 2 >= wg_end), 0) != 0;
+  const bool half0 = (n_blocks - 1) * kBN + kBN / 2 >= wg_end;
   if (n_blocks > 0) {
     const int s0 = kv_base % kStages;
     mbar_wait(&full_k[s0], (kv_base / kStages) & 1);
