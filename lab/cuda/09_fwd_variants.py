@@ -8,8 +8,9 @@ Before timing, each variant's output (poisoned with NaN first) is checked agains
 on the same inputs: every element finite and ‖ours − flash‖ / ‖flash‖ < 1e-2 (bf16 storage;
 the two differ by rounding only, ~3e-3).
 
-usage: [OLD_LIB=old.so] 09_fwd_variants.py LIB.so [name=spec ...]
-OLD_LIB: a second build (the code before lab 09) timed in the same process as column "old".
+usage: [LIBS=name=other.so,...] 09_fwd_variants.py LIB.so [name=spec ...]
+LIBS: other builds (the code before lab 09, variants built with a different constexpr) timed in
+the same process, one column each.
 """
 import os
 import statistics
@@ -30,10 +31,13 @@ def main():
     lib = sys.argv[1]
     variants = [a.split("=", 1) for a in (sys.argv[2:] or DEFAULT)]
     ak = Attnkit(lib)
-    old = Attnkit(os.environ["OLD_LIB"]) if os.environ.get("OLD_LIB") else None
+    libs = {}
+    for item in filter(None, os.environ.get("LIBS", "").split(",")):
+        name, path = item.split("=", 1)
+        libs[name] = Attnkit(path)
     reps = int(os.environ.get("REPS", "15"))
     rounds = int(os.environ.get("ROUNDS", "5"))
-    names = [n for n, _ in variants] + (["old"] if old else [])
+    names = [n for n, _ in variants] + list(libs)
     print(f"# lab 09 forward variants on {torch.cuda.get_device_name()}, torch {torch.__version__}: TFLOP/s")
     print("# " + ", ".join(f"{n} = {s}" for n, s in variants))
     head = "| N | D | causal | flash | cuDNN |" + "".join(f" {n} |" for n in names) + " best / cuDNN | best / flash |"
@@ -50,10 +54,10 @@ def main():
                 lse = torch.empty(B, H, N, device="cuda")
                 F = 4 * B * H * N * N * D / (2 if causal else 1)
                 ref = torch_sdpa(q, k, v, causal, SDPBackend.FLASH_ATTENTION).float()
-                for n, spec in variants + ([("old", None)] if old else []):
+                for n, spec in variants + [(x, None) for x in libs]:
                     os.environ["ATTNKIT_LAB_FWD"] = spec or ""
                     o.fill_(float("nan"))
-                    (old if spec is None else ak).fwd(q, k, v, o, lse, causal)
+                    (libs[n] if spec is None else ak).fwd(q, k, v, o, lse, causal)
                     torch.cuda.synchronize()
                     err = ((o.float() - ref).norm() / ref.norm()).item()
                     if not (torch.isfinite(o).all().item() and err < 1e-2):
@@ -67,8 +71,8 @@ def main():
                     for n, spec in variants:
                         os.environ["ATTNKIT_LAB_FWD"] = spec
                         t[n].append(time_ms(lambda: ak.fwd(q, k, v, o, lse, causal), reps))
-                    if old:
-                        t["old"].append(time_ms(lambda: old.fwd(q, k, v, o, lse, causal), reps))
+                    for x, lib in libs.items():
+                        t[x].append(time_ms(lambda: lib.fwd(q, k, v, o, lse, causal), reps))
                 os.environ.pop("ATTNKIT_LAB_FWD", None)
                 tf = {x: F / statistics.median(ts) / 1e9 for x, ts in t.items()}
                 best = max(tf[n] for n in names)

@@ -9,8 +9,7 @@
 //     l = l·2^((m − m')·c) + rowsum P;  O = O·2^((m − m')·c) + P V
 //                      (wgmma m64n{kD}k16, P from registers, V from shared memory transposed)
 //   then O /= l, lse = (m·c + log2 l)·ln 2. Key tiles run from the last to the first, so the
-//   causal diagonal (the only tiles that need a mask) comes first; where the second half of
-//   that tile is masked for all 64 rows of a warpgroup, its products skip it.
+//   causal diagonal (the only tiles that need a mask) comes first.
 // Within a warpgroup the S product of tile j overlaps the softmax of tile j − 1 and its P V
 // product (§3.2); at kD = 64 the two warpgroups also take turns at issuing products
 // ("ping-pong", §3.1), so that one's softmax runs under the other's products.
@@ -146,10 +145,7 @@ __global__ void __launch_bounds__(384, 1)
 
   // Consumer warpgroups.
   setmaxnreg_inc<232>();
-  // The warpgroup index through a shuffle, so that ptxas sees it (and the branches around the
-  // products that depend on it: the diagonal tile's half) as warp-uniform; otherwise it
-  // serializes the wgmma pipeline (C7520), or runs short of registers for it (C7511).
-  const int wg = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128) - 1, 0);
+  const int wg = threadIdx.x / 128 - 1;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const float c = p.scale_log2;
   const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
@@ -195,38 +191,15 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_commit();
   };
-  // S for the first kBN/2 keys of the tile in stage s only (the others are masked for every row
-  // of this warpgroup: −∞), issued and waited for. Its own accumulator, copied afterwards: the
-  // half-width product writing into the full fragment made ptxas serialize the pipeline.
-  auto s_half = [&](float (&sc)[kBN / 2], int s) {
-    const uint32_t k_addr = smem_u32(sK + s * Tile::kKVBytes);
-    float sh[kBN / 4];
+  // O += P V for the value tile in stage s, issued and committed.
+  auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int s) {
+    const uint32_t v_addr = smem_u32(sV + s * Tile::kKVBytes);
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;  // 16 columns of a 64-column block
-      const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
-      const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
-      wgmma_ss<kBN / 2, kBf16>(sh, da, db, kk > 0);
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t db = make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024);
+      wgmma_rs<kD, kBf16, true>(o, pa[kk], db, 1);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sh);
-#pragma unroll
-    for (int i = 0; i < kBN / 4; ++i) { sc[i] = sh[i]; sc[i + kBN / 4] = -INFINITY; }
-  };
-  // O += P V for the value tile in stage s, issued (not committed). `half`: the first kBN/2
-  // keys only (P is 0 on the others).
-  auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int s, bool half) {
-    const uint32_t v_addr = smem_u32(sV + s * Tile::kKVBytes);
-    if (half) {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 32; ++kk)
-        wgmma_rs<kD, kBf16, true>(o, pa[kk], make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_rs<kD, kBf16, true>(o, pa[kk], make_desc(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
-    }
   };
   // Masks key tile j of S, updates m and l, turns S into P (f32) and returns the factors
   // 2^((m − m')·c) by which O must be rescaled.
@@ -285,23 +258,14 @@ __global__ void __launch_bounds__(384, 1)
   float sc[kBN / 2];          // S, then P (f32): m64 × kBN
   uint32_t pa[kBN / 16][4];   // P as the A fragments of O += P V
   float alpha[2];
-  // The first (last-indexed) key tile: keys past this warpgroup's last visible key
-  // min(nk, wg_m0 + 64 + diag) are masked for all of its rows; when they fill the tile's second
-  // half, the products skip it (the causal diagonal of the first warpgroup).
-  const int wg_end = kCausal ? min(si.nk, wg_m0 + 64 + diag) : si.nk;
-  const bool half0 = (n_blocks - 1) * kBN + kBN / 2 >= wg_end;
   if (n_blocks > 0) {
     const int s0 = kv_base % kStages;
     mbar_wait(&full_k[s0], (kv_base / kStages) & 1);
     turn_wait();
     wgmma_fence();
-    if (half0) {
-      s_half(sc, s0);
-    } else {
-      issue_s(sc, s0);
-      wgmma_wait<0>();
-      fence_regs(sc);
-    }
+    issue_s(sc, s0);
+    wgmma_wait<0>();
+    fence_regs(sc);
     turn_pass();
     if (n_blocks == 1) release_q();
     softmax(sc, n_blocks - 1, alpha);
@@ -310,12 +274,11 @@ __global__ void __launch_bounds__(384, 1)
   for (int it = 1; it < n_blocks; ++it) {
     const int s = (kv_base + it) % kStages, prev = (kv_base + it - 1) % kStages;
     mbar_wait(&full_k[s], ((kv_base + it) / kStages) & 1);
-    mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
     turn_wait();
     wgmma_fence();
     issue_s(sc, s);
-    issue_pv(pa, prev, it == 1 && half0);
-    wgmma_commit();
+    mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
+    issue_pv(pa, prev);
     turn_pass();
     wgmma_wait<1>();
     fence_regs(sc);
@@ -339,8 +302,7 @@ __global__ void __launch_bounds__(384, 1)
     mbar_wait(&full_v[last], ((kv_base + n_blocks - 1) / kStages) & 1);
     turn_wait();
     wgmma_fence();
-    issue_pv(pa, last, n_blocks == 1 && half0);
-    wgmma_commit();
+    issue_pv(pa, last);
     turn_pass();
     wgmma_wait<0>();
     fence_regs(o);
