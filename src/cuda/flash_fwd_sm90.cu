@@ -22,17 +22,15 @@ void run_fwd_sm90(const FlashParams& p, int max_seq_q, cudaStream_t stream) {
   maps.v = make_tile_map(p.v, kBf16, kD, p.seq_k, p.heads_kv, b, p.v_s.row, p.v_s.head, p.v_s.batch, Tile::kBN);
   auto kernel = flash_fwd_sm90_kernel<kD, kBf16, kCausal>;
   allow_smem(kernel, Tile::kSmemBytes);
-  // Non-causal: persistent, one CTA per multiprocessor walks the (query tile, head, sequence)
-  // list, so that the next tile's loads overlap this one's epilogue. Causal: one CTA per tile
-  // (the hardware's dynamic scheduling balances the unequal tiles better than a static stride;
-  // measured, lab/cuda/NOTES.md 05).
+  // Persistent: at most one CTA per multiprocessor walks the pairs of (query tile, head,
+  // sequence) units (sm90_unit), so that the next unit's loads overlap this one's epilogue.
   int dev = 0, sms = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   const int m_tiles = (max_seq_q + Tile::kBM - 1) / Tile::kBM;
   const int64_t total = int64_t{m_tiles} * p.heads_q * p.num_seqs;
-  if (total > INT32_MAX) throw std::runtime_error("attnkit: flash_fwd_sm90: too many query tiles for one launch");
-  const int grid = static_cast<int>(kCausal ? total : std::min<int64_t>(total, sms));
+  if (total > INT32_MAX / 2) throw std::runtime_error("attnkit: flash_fwd_sm90: too many query tiles for one launch");
+  const int grid = static_cast<int>(std::min<int64_t>((total + 1) / 2, sms));
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, maps, m_tiles);
   check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch");
 }

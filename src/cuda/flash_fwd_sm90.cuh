@@ -1,5 +1,5 @@
 // Flash attention forward on Hopper (sm_90a): TMA + wgmma, warp specialised (FlashAttention-3,
-// Shah et al. 2024, §3.1). One CTA owns kBM = 128 query rows of one head of one sequence:
+// Shah et al. 2024, §3.1). A CTA owns kBM = 128 query rows of one head of one sequence at a time:
 //   warpgroup 0, the producer: one thread loads the Q tile once and the K and V tiles (kBN key
 //     rows each) into a kStages-deep ring with TMA, each stage completing on an mbarrier
 //     ("full"); it reuses a stage once both consumers have released it ("empty");
@@ -10,12 +10,14 @@
 //                      (wgmma m64n{kD}k16, P from registers, V from shared memory transposed)
 //   then O /= l, lse = (m·c + log2 l)·ln 2. Key tiles run from the last to the first, so the
 //   causal diagonal (the only tiles that need a mask) comes first.
+// Within a warpgroup the S product of tile j overlaps the softmax of tile j − 1 and its P V
+// product (§3.2); at kD = 64 the two warpgroups also take turns at issuing products
+// ("ping-pong", §3.1), so that one's softmax runs under the other's products.
 // setmaxnreg gives the consumers 232 registers and the producer 40.
 // Layouts: q, o [B, Sq, Hq, D]; k, v [B, Sk, Hkv, D]; lse [B, Hq, Sq] (FlashParams); shared
-// tiles in swizzled column blocks (hopper_sm90.cuh). Work: (query tile, head, sequence) units,
-// query tiles innermost and the longest causal rows first (sm90_work); a CTA takes units
-// blockIdx.x, blockIdx.x + gridDim.x, ... (persistent when the grid is smaller than the list),
-// the rings' barrier phases running on across units. Causal masking is bottom-right aligned.
+// tiles in swizzled column blocks (hopper_sm90.cuh). Work: a persistent grid walks
+// (query tile, head, sequence) units in pairs of equal causal work (sm90_unit, sm90_work), the
+// rings' barrier phases running on across units. Causal masking is bottom-right aligned.
 #pragma once
 
 #include <cuda.h>
@@ -38,6 +40,9 @@ struct Sm90FwdTile {
   static constexpr int kBM = 128;  // query rows per CTA: two consumer warpgroups × 64
   static constexpr int kBN = 128;  // key rows per tile
   static constexpr int kStages = kD <= 64 ? 4 : 3;  // 226 KB of shared memory at kD = 128
+  // Ping-pong of the consumer warpgroups: +3-10% at kD = 64, where the softmax takes about as
+  // long as the products; no gain at kD = 128 (lab/cuda/NOTES.md 09).
+  static constexpr bool kPingPong = kD <= 64;
   static constexpr int kThreads = 384;
   static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
   static constexpr int kQBytes = kBM * kD * 2;
@@ -51,14 +56,17 @@ struct Sm90Work {
   SeqInfo si;
   int m0, h;
 };
-// Work w of a persistent CTA's static schedule: query tiles innermost, so that the CTAs
-// running at once share a few heads' K and V in L2; within a head the last (longest when
-// causal) query tiles first.
-template <int kBM>
-__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int w, int m_tiles) {
-  const int hz = w / m_tiles;
+// The schedule: units (query tile t, head·sequence) paired as t = m_tiles − 1 − i and t = i of
+// one head (unit 2i and 2i + 1 of the head), so that with causal masking every pair holds the
+// same number of key tiles (m_tiles + 1 when Sq = Sk); a CTA takes the pairs b, b + grid, ...,
+// the longer unit first. A static stride over single causal units, or the hardware's block
+// scheduler with one CTA per unit, left 5-10% idle (lab/cuda/NOTES.md 05, 09). Query tiles
+// innermost: the CTAs running at once share a few heads' K and V in L2.
+__device__ __forceinline__ int sm90_unit(int k) { return 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1); }
+__device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int kBM, int w, int m_tiles) {
+  const int hz = w / m_tiles, r = w % m_tiles;
   Sm90Work u;
-  u.m0 = (m_tiles - 1 - w % m_tiles) * kBM;
+  u.m0 = ((r & 1) == 0 ? m_tiles - 1 - (r >> 1) : r >> 1) * kBM;
   u.h = hz % p.heads_q;
   u.si = seq_info(p, hz / p.heads_q);
   return u;
@@ -70,6 +78,7 @@ __global__ void __launch_bounds__(384, 1)
   using T = Elem<kBf16>;
   using Tile = Sm90FwdTile<kD>;
   constexpr int kBM = Tile::kBM, kBN = Tile::kBN, kStages = Tile::kStages;
+  constexpr bool kPingPong = Tile::kPingPong;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sQ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint8_t* sK = sQ + Tile::kQBytes;                // [kStages][kBlocks][kBN][128 B]
@@ -84,7 +93,7 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
-    mbar_init(q_empty, 8);
+    mbar_init(q_empty, 256);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full_k[s], 1);
       mbar_init(&full_v[s], 1);
@@ -98,8 +107,10 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       int kv_it = 0, t = 0;  // K/V tiles and query tiles loaded so far (the rings' phases)
-      for (int w = blockIdx.x; w < total; w += gridDim.x) {
-        const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+      for (int ku = 0;; ++ku) {
+        const int w = sm90_unit(ku);
+        if (w >= total) break;
+        const Sm90Work u = sm90_work(p, kBM, w, m_tiles);
         const SeqInfo& si = u.si;
         if (u.m0 >= si.nq) continue;
         int n_end = si.nk;
@@ -134,12 +145,25 @@ __global__ void __launch_bounds__(384, 1)
 
   // Consumer warpgroups.
   setmaxnreg_inc<232>();
-  const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int wg = threadIdx.x / 128 - 1;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const float c = p.scale_log2;
   const uint32_t q_addr = smem_u32(sQ) + wg * 64 * 128;
   int kv_base = 0, t = 0;
-  for (int w = blockIdx.x; w < total; w += gridDim.x) {
-  const Sm90Work u = sm90_work<kBM>(p, w, m_tiles);
+  // Ping-pong (FlashAttention-3 §3.1): the warpgroups take turns at issuing their products,
+  // through named barriers 1 (warpgroup 0's turn) and 2 (warpgroup 1's), so that one's softmax
+  // runs while the other's products occupy the tensor cores. Warpgroup 1 hands the first turn.
+  if (kPingPong && wg == 1) named_barrier_arrive(1, 256);
+  auto turn_wait = [&] {
+    if constexpr (kPingPong) named_barrier_sync(1 + wg, 256);
+  };
+  auto turn_pass = [&] {
+    if constexpr (kPingPong) named_barrier_arrive(2 - wg, 256);
+  };
+  for (int ku = 0;; ++ku) {
+  const int w = sm90_unit(ku);
+  if (w >= total) break;
+  const Sm90Work u = sm90_work(p, kBM, w, m_tiles);
   const SeqInfo& si = u.si;
   const int m0 = u.m0, h = u.h;
   if (m0 >= si.nq) continue;
@@ -222,6 +246,11 @@ __global__ void __launch_bounds__(384, 1)
   auto release = [&](int s) {
     if (lane == 0) mbar_arrive(&empty[s]);
   };
+  // Q is free once the unit's last S product has completed: the producer loads the next
+  // unit's Q during the last softmax, P V and the epilogue.
+  // Every consumer thread arrives (count 256): a lane-divergent arrival while P V is in flight
+  // would make ptxas serialize the wgmma pipeline.
+  auto release_q = [&] { mbar_arrive(q_empty); };
 
   // Software pipeline within the warpgroup (FlashAttention-3 §3.2): the S product of tile
   // it runs on the tensor cores together with the P V product of tile it − 1, and the
@@ -232,22 +261,28 @@ __global__ void __launch_bounds__(384, 1)
   if (n_blocks > 0) {
     const int s0 = kv_base % kStages;
     mbar_wait(&full_k[s0], (kv_base / kStages) & 1);
+    turn_wait();
     wgmma_fence();
     issue_s(sc, s0);
     wgmma_wait<0>();
     fence_regs(sc);
+    turn_pass();
+    if (n_blocks == 1) release_q();
     softmax(sc, n_blocks - 1, alpha);
     to_p(sc, pa);
   }
   for (int it = 1; it < n_blocks; ++it) {
     const int s = (kv_base + it) % kStages, prev = (kv_base + it - 1) % kStages;
     mbar_wait(&full_k[s], ((kv_base + it) / kStages) & 1);
+    turn_wait();
     wgmma_fence();
     issue_s(sc, s);
     mbar_wait(&full_v[prev], ((kv_base + it - 1) / kStages) & 1);
     issue_pv(pa, prev);
+    turn_pass();
     wgmma_wait<1>();
     fence_regs(sc);
+    if (it == n_blocks - 1) release_q();
     softmax(sc, n_blocks - 1 - it, alpha);
     wgmma_wait<0>();
     fence_regs(o);
@@ -265,15 +300,17 @@ __global__ void __launch_bounds__(384, 1)
   if (n_blocks > 0) {
     const int last = (kv_base + n_blocks - 1) % kStages;
     mbar_wait(&full_v[last], ((kv_base + n_blocks - 1) / kStages) & 1);
+    turn_wait();
     wgmma_fence();
     issue_pv(pa, last);
+    turn_pass();
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(pa);
     release(last);
   }
 
-  if (lane == 0) mbar_arrive(q_empty);
+  if (n_blocks == 0) release_q();
   ++t;
   kv_base += n_blocks;
 
@@ -296,6 +333,7 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   }
+  if (kPingPong && wg == 0) named_barrier_sync(1, 256);  // warpgroup 1's last hand-off
 }
 
 }  // namespace attnkit::cuda

@@ -121,6 +121,11 @@ __device__ __forceinline__ float2 ld_shared_v2_f32(uint32_t addr) {
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
+// Arrives on named barrier `id` without waiting: `count` counts the arriving and the syncing
+// threads together (a producer/consumer hand-off between warpgroups).
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
 // Makes this thread's ordinary shared-memory stores visible to the async proxy (wgmma operands
 // read from shared memory, TMA stores and reductions); needed before the barrier that hands
 // such a tile to them.

@@ -72,6 +72,19 @@ std::vector<Case> cases() {
     cs.push_back({.name = "d64_varlen" + s, .Nq = 300, .Nk = 300, .Hq = 2, .Hkv = 2, .D = 64, .dtype = t,
                   .cu_q = {0, 100, 163, 300}, .cu_k = {0, 100, 163, 300}});
   }
+  // Many short packed sequences: far more (query tile, head, sequence) units than
+  // multiprocessors, so that a persistent CTA runs several units of unequal length (the rings'
+  // barrier phases carry over) and skips the units past a sequence's end.
+  auto packed = [](int n, int mul, int mod) {
+    std::vector<int32_t> cu{0};
+    for (int i = 0; i < n; ++i) cu.push_back(cu.back() + 1 + (i * mul) % mod);
+    return cu;
+  };
+  const std::vector<int32_t> cu_a = packed(150, 53, 190), cu_b = packed(100, 71, 250), cu_c = packed(100, 53, 190);
+  cs.push_back({.name = "d64_varlen_many_causal_bf16", .Nq = cu_a.back(), .Nk = cu_a.back(), .Hq = 2, .Hkv = 2,
+                .D = 64, .causal = true, .cu_q = cu_a, .cu_k = cu_a});
+  cs.push_back({.name = "d128_varlen_many_causal_cross_bf16", .Nq = cu_c.back(), .Nk = cu_b.back(), .Hq = 2,
+                .Hkv = 1, .D = 128, .causal = true, .cu_q = cu_c, .cu_k = cu_b});
   cs.push_back({.name = "d128_gqa_causal_q_lt_k_deterministic_bf16", .Nq = 130, .Nk = 300, .Hq = 4, .Hkv = 2,
                 .D = 128, .causal = true, .deterministic = true});
   cs.push_back({.name = "d64_varlen_deterministic_f16", .Nq = 300, .Nk = 300, .Hq = 2, .Hkv = 2, .D = 64,
