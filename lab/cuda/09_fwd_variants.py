@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Lab 09: forward variants of one build side by side (ATTNKIT_LAB_FWD="order,pingpong,half,
-persistent" selects the variant at each launch; see flash_fwd_sm90.cu of the lab commit), beside
+persistent" selects the variant at each launch; the switch lived only in the lab build of commit
+a4b50a8, the promoted code has none and ignores it), and other builds (LIBS), beside
 torch's flash and cuDNN backends, on bench_cuda.py's shapes (bf16, B·N = 32768, H·D = 2048).
 Same process, same tensors, interleaved rounds, medians of CUDA-event timings.
 

@@ -41,7 +41,7 @@ struct Sm90FwdTile {
   static constexpr int kBN = 128;  // key rows per tile
   static constexpr int kStages = kD <= 64 ? 4 : 3;  // 226 KB of shared memory at kD = 128
   // Ping-pong of the consumer warpgroups: +3-10% at kD = 64, where the softmax takes about as
-  // long as the products; no gain at kD = 128 (lab/cuda/NOTES.md 09).
+  // long as the products; at kD = 128 -3-5% at Sq = 4096, +2% at 16384 (lab/cuda/NOTES.md 09).
   static constexpr bool kPingPong = kD <= 64;
   static constexpr int kThreads = 384;
   static constexpr int kBlocks = kD / 64;  // 64-column blocks per row
@@ -59,9 +59,10 @@ struct Sm90Work {
 // The schedule: units (query tile t, head·sequence) paired as t = m_tiles − 1 − i and t = i of
 // one head (unit 2i and 2i + 1 of the head), so that with causal masking every pair holds the
 // same number of key tiles (m_tiles + 1 when Sq = Sk); a CTA takes the pairs b, b + grid, ...,
-// the longer unit first. A static stride over single causal units, or the hardware's block
-// scheduler with one CTA per unit, left 5-10% idle (lab/cuda/NOTES.md 05, 09). Query tiles
-// innermost: the CTAs running at once share a few heads' K and V in L2.
+// the longer unit first. A static stride over single causal units lost 5-11% to imbalance, and
+// one CTA per unit (the hardware's block scheduler) 12-15% at Sq = 4096 to unhidden prologues
+// (lab/cuda/NOTES.md 05, 09). Query tiles innermost: the CTAs running at once share a few
+// heads' K and V in L2.
 __device__ __forceinline__ int sm90_unit(int k) { return 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1); }
 __device__ __forceinline__ Sm90Work sm90_work(const FlashParams& p, int kBM, int w, int m_tiles) {
   const int hz = w / m_tiles, r = w % m_tiles;
