@@ -111,6 +111,12 @@ struct WindowNode final : OffsetNode<WindowNode> {
     if (hi < -right || lo > left) return BlockKind::empty;
     return lo >= -right && hi <= left ? BlockKind::full : BlockKind::partial;
   }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {  // classify() of a final class: no virtual calls
+      out[kb] = WindowNode::classify(c, {i_lo, i_hi, kb * block_k, std::min(c.nk, (kb + 1) * block_k)});
+    }
+  }
   std::string str() const override {
     if (left == kOpen && right == 0) return "causal";
     return fmt::format("window({}, {})", left == kOpen ? -1 : left, right);

@@ -227,9 +227,20 @@ const float* PackedTile(const TensorView& k, const TensorView& v, const Sequence
   const int64_t kbase = offset4(k, sq.batch, sq.k0 + j0, hk, 0), vbase = offset4(v, sq.batch, sq.k0 + j0, hk, 0);
   float* kd = dst;             // [kBk][Dp]
   float* vd = dst + kBk * Dp;  // [kBk][Dp]
-  // K rows, then V rows: each loop's reads a constant stride apart.
-  for (int64_t j = 0; j < n; ++j) LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, kd + j * Dp);
-  for (int64_t j = 0; j < n; ++j) LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, vd + j * Dp);
+  // K rows, then V rows, each loop's reads a constant stride apart, requesting the rows a few
+  // ahead (in case the prefetch one visit ahead was late or there was none).
+  const int64_t ke = dtype_size(k.dtype), ve = dtype_size(v.dtype);
+  const char* kb0 = static_cast<const char*>(k.data) + kbase * ke;
+  const char* vb0 = static_cast<const char*>(v.data) + vbase * ve;
+  constexpr int64_t kAhead = 8;
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) __builtin_prefetch(kb0 + (j + kAhead) * k.strides[1] * ke);
+    LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, kd + j * Dp);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) __builtin_prefetch(vb0 + (j + kAhead) * v.strides[1] * ve);
+    LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, vd + j * Dp);
+  }
   std::fill(kd + n * Dp, kd + kBk * Dp, 0.0f);
   std::fill(vd + n * Dp, vd + kBk * Dp, 0.0f);
   return dst;
