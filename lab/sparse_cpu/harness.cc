@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     else if (s == "--presets") preset_names = next();
     else if (s == "--only") only = true;
     else if (s == "--huge") huge = true;
+    else if (s == "--chunks") attnkit::cpu::flash_fwd_tuning().chunks_per_thread = std::stoll(next());
   }
   attnkit::set_num_threads(threads);
   const int64_t H = 8, D = 64;
