@@ -44,6 +44,7 @@
 #include "cpu/gemm_tile-inl.h"
 #include "cpu/kernels.h"
 #include "cpu/pack-inl.h"
+#include "cpu/prefetch.h"
 #include "cpu/softmax-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/cache_control.h"
@@ -195,9 +196,8 @@ void ListKeyTiles(const Problem& pr, const MaskPlan* plan, int64_t seq, int64_t 
   }
 }
 
-// Requests the rows of key tile j0 of K and V. Written out here, not in a helper function or
-// lambda: GCC 12 deems a function that holds only prefetches const and deletes its calls
-// (hwy::Prefetch called from a lambda compiled to nothing).
+// Requests the rows of key tile j0 of K and V (prefetch.h: hwy::Prefetch called from a lambda
+// here used to compile to nothing).
 HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Sequence& sq, int64_t hk, int64_t D,
                              int64_t j0) {
   const int64_t n = std::min(kBk, sq.nk - j0), esize = dtype_size(k.dtype), bytes = D * esize;
@@ -205,8 +205,8 @@ HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Seq
   const char* vb = static_cast<const char*>(v.data) + offset4(v, sq.batch, sq.k0 + j0, hk, 0) * esize;
   for (int64_t j = 0; j < n; ++j)
     for (int64_t x = 0; x < bytes; x += 64) {
-      __builtin_prefetch(kb + j * k.strides[1] * esize + x);
-      __builtin_prefetch(vb + j * v.strides[1] * esize + x);
+      prefetch_l1(kb + j * k.strides[1] * esize + x);
+      prefetch_l1(vb + j * v.strides[1] * esize + x);
     }
 }
 
@@ -234,11 +234,11 @@ const float* PackedTile(const TensorView& k, const TensorView& v, const Sequence
   const char* vb0 = static_cast<const char*>(v.data) + vbase * ve;
   constexpr int64_t kAhead = 8;
   for (int64_t j = 0; j < n; ++j) {
-    if (j + kAhead < n) __builtin_prefetch(kb0 + (j + kAhead) * k.strides[1] * ke);
+    if (j + kAhead < n) prefetch_l1(kb0 + (j + kAhead) * k.strides[1] * ke);
     LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, kd + j * Dp);
   }
   for (int64_t j = 0; j < n; ++j) {
-    if (j + kAhead < n) __builtin_prefetch(vb0 + (j + kAhead) * v.strides[1] * ve);
+    if (j + kAhead < n) prefetch_l1(vb0 + (j + kAhead) * v.strides[1] * ve);
     LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, vd + j * Dp);
   }
   std::fill(kd + n * Dp, kd + kBk * Dp, 0.0f);
@@ -270,7 +270,7 @@ HWY_INLINE void PrefetchQueryRows(const TensorView& q, const Sequence& sq, int64
   const int64_t esize = dtype_size(q.dtype), bytes = D * esize;
   const char* base = static_cast<const char*>(q.data) + offset4(q, sq.batch, sq.q0 + i0, h, 0) * esize;
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(base + r * q.strides[1] * esize + x);
+    for (int64_t x = 0; x < bytes; x += 64) prefetch_l1(base + r * q.strides[1] * esize + x);
 }
 
 // The query tile that a thread computes after this one, whose rows are prefetched meanwhile.
