@@ -17,9 +17,11 @@
 // so a key tile is first packed to contiguous f32 rows; within a chunk it is packed once, on its
 // first visit, and its slot is freed after the chunk's last visit of it: a window's tile is
 // reused by the next query tiles, a random layout's and dense attention's by every query tile
-// and head of the chunk. Packed slots per thread are capped (FlashFwdTuning, 8 MiB); past the
-// cap a tile is packed for one visit. Extra memory: O(1) in N (the cap, a few tiles per thread,
-// and the mask's layout).
+// and head of the chunk; a tile visited once is packed into a transient tile. Packed slots per
+// thread are capped (FlashFwdTuning, 8 MiB); past the cap a tile is packed for one visit. The
+// slots and tiles are a per-thread workspace kept between calls, sized once per call to the
+// chunk with the most live tiles. Extra memory: O(1) in N (that workspace and the mask's
+// layout). Outputs of 8 MiB or more are written with streaming stores.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/flash_fwd.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
