@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     else if (s == "--presets") preset_names = next();
     else if (s == "--only") only = true;
     else if (s == "--huge") huge = true;
+    else if (s == "--chunks") attnkit::cpu::flash_fwd_tuning().chunks_per_thread = std::stoll(next());
   }
   attnkit::set_num_threads(threads);
   const int64_t H = 8, D = 64;
@@ -83,7 +84,9 @@ int main(int argc, char** argv) {
       {"bigbird", attnkit::bigbird(512, first_tokens(8), 3, 2026)},
       {"strided", attnkit::sparse_transformer_strided(128, 64)},
       {"all", Mask()},
-      {"window_sym", Mask::window(256, 256)},  // longformer without its global tokens
+      {"window_sym", Mask::window(256, 256)},
+      {"window128", attnkit::sliding_window(128)},
+      {"window2k", attnkit::sliding_window(2048)},  // longformer without its global tokens
       {"global_rows", Mask::window(256, 256) | Mask::predicate([](int64_t, int64_t, int64_t i, int64_t) { return i < 8; })},
       {"global_cols", Mask::window(256, 256) | Mask::predicate([](int64_t, int64_t, int64_t, int64_t j) { return j < 8; })},
       {"dense", Mask()},  // no mask at all: the variant's dense path

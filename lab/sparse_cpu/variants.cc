@@ -15,11 +15,13 @@ LAB_VARIANT(lab03)
 LAB_VARIANT(lab02b)
 LAB_VARIANT(lab04)
 LAB_VARIANT(lab05)
+LAB_VARIANT(lab06)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
 std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01", &cpu::lab01::flash_fwd}, {"02", &cpu::lab02::flash_fwd},
           {"03", &cpu::lab03::flash_fwd}, {"02b", &cpu::lab02b::flash_fwd},
           {"04", &cpu::lab04::flash_fwd},
-          {"05", &cpu::lab05::flash_fwd}}; }
+          {"05", &cpu::lab05::flash_fwd},
+          {"06", &cpu::lab06::flash_fwd}}; }
 }  // namespace attnkit::lab

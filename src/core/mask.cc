@@ -43,6 +43,8 @@ struct Mask::Node {
       out[kb] = classify(c, {i_lo, i_hi, kb * block_k, std::min(c.nk, (kb + 1) * block_k)});
     }
   }
+  // Whether classify() costs little next to fill() (it evaluates no function per pair).
+  virtual bool cheap_classify() const { return true; }
   virtual void validate(int64_t /*nq*/, int64_t /*nk*/, int64_t /*heads*/) const {}
   virtual bool head_dependent() const { return false; }
   virtual bool batch_dependent() const { return false; }
@@ -110,6 +112,12 @@ struct WindowNode final : OffsetNode<WindowNode> {
     const auto [lo, hi] = offsets(c, r);
     if (hi < -right || lo > left) return BlockKind::empty;
     return lo >= -right && hi <= left ? BlockKind::full : BlockKind::partial;
+  }
+  void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
+    const int64_t kblocks = (c.nk + block_k - 1) / block_k;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {  // classify() of a final class: no virtual calls
+      out[kb] = WindowNode::classify(c, {i_lo, i_hi, kb * block_k, std::min(c.nk, (kb + 1) * block_k)});
+    }
   }
   std::string str() const override {
     if (left == kOpen && right == 0) return "causal";
@@ -384,6 +392,7 @@ struct PredicateNode final : Node {
     return kept == 0 ? BlockKind::empty
                      : kept == (r.i_hi - r.i_lo) * (r.j_hi - r.j_lo) ? BlockKind::full : BlockKind::partial;
   }
+  bool cheap_classify() const override { return false; }
   bool head_dependent() const override { return true; }
   bool batch_dependent() const override { return true; }
   std::string str() const override { return "predicate"; }
@@ -403,6 +412,9 @@ struct PerHeadNode final : Node {
     at(c).classify_row(c, i_lo, i_hi, block_k, out);
   }
   int64_t head_count() const override { return static_cast<int64_t>(heads.size()); }
+  bool cheap_classify() const override {
+    return std::all_of(heads.begin(), heads.end(), [](const NodePtr& n) { return n->cheap_classify(); });
+  }
   void validate(int64_t nq, int64_t nk, int64_t h) const override {
     if (h > 0 && static_cast<int64_t>(heads.size()) != h) {
       throw Error(fmt::format("params.mask: per-head mask holds {} masks, expected one per query head ({})",
@@ -421,7 +433,9 @@ struct BinaryNode final : Node {
   NodePtr a, b;
   bool is_and;
   NodePtr window;  // set when the node is the intersection of two windows: that one window
-  BinaryNode(NodePtr x, NodePtr y, bool conj) : a(std::move(x)), b(std::move(y)), is_and(conj) {
+  bool cheap;      // both operands classify cheaply: fill() asks them first
+  BinaryNode(NodePtr x, NodePtr y, bool conj)
+      : a(std::move(x)), b(std::move(y)), is_and(conj), cheap(a->cheap_classify() && b->cheap_classify()) {
     // causal & window(w − 1, 0), the sliding window, is one window: one fill pass, not three.
     const auto* wa = dynamic_cast<const WindowNode*>(a.get());
     const auto* wb = dynamic_cast<const WindowNode*>(b.get());
@@ -435,6 +449,21 @@ struct BinaryNode final : Node {
   void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
             int64_t ld) const override {
     if (window != nullptr) return window->fill(c, q0, k0, rows, cols, out, ld);
+    // An operand that is empty or full over the tile decides it, or leaves it to the other one:
+    // a window's edge tile then costs one fill, not one per part (globals, random blocks).
+    if (cheap && rows > 0 && cols > 0 && q0 >= 0 && k0 >= 0 && q0 + cols <= c.nq && k0 + rows <= c.nk) {
+      const Rect r{q0, q0 + cols, k0, k0 + rows};
+      const BlockKind x = a->classify(c, r);
+      const BlockKind decides = is_and ? BlockKind::empty : BlockKind::full;
+      const BlockKind defers = is_and ? BlockKind::full : BlockKind::empty;
+      const BlockKind y = x == decides ? x : b->classify(c, r);
+      if (x == decides || y == decides) {
+        for (int64_t row = 0; row < rows; ++row) std::fill(out + row * ld, out + row * ld + cols, uint8_t{!is_and});
+        return;
+      }
+      if (x == defers) return b->fill(c, q0, k0, rows, cols, out, ld);
+      if (y == defers) return a->fill(c, q0, k0, rows, cols, out, ld);
+    }
     a->fill(c, q0, k0, rows, cols, out, ld);
     // The second operand in a stack buffer for kernel tiles, on the heap for larger ones.
     constexpr int64_t kStack = 64 * 128;
@@ -479,6 +508,7 @@ struct BinaryNode final : Node {
     b->validate(nq, nk, h);
   }
   int64_t head_count() const override { return std::max(a->head_count(), b->head_count()); }
+  bool cheap_classify() const override { return cheap; }
   bool head_dependent() const override { return a->head_dependent() || b->head_dependent(); }
   bool batch_dependent() const override { return a->batch_dependent() || b->batch_dependent(); }
   std::string str() const override { return fmt::format("({} {} {})", a->str(), is_and ? "&" : "|", b->str()); }

@@ -17,9 +17,11 @@
 // so a key tile is first packed to contiguous f32 rows; within a chunk it is packed once, on its
 // first visit, and its slot is freed after the chunk's last visit of it: a window's tile is
 // reused by the next query tiles, a random layout's and dense attention's by every query tile
-// and head of the chunk. Packed slots per thread are capped (FlashFwdTuning, 8 MiB); past the
-// cap a tile is packed for one visit. Extra memory: O(1) in N (the cap, a few tiles per thread,
-// and the mask's layout).
+// and head of the chunk; a tile visited once is packed into a transient tile. Packed slots per
+// thread are capped (FlashFwdTuning, 8 MiB); past the cap a tile is packed for one visit. The
+// slots and tiles are a per-thread workspace kept between calls, sized once per call to the
+// chunk with the most live tiles. Extra memory: O(1) in N (that workspace and the mask's
+// layout). Outputs of 8 MiB or more are written with streaming stores.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/flash_fwd.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -44,6 +46,7 @@
 #include "cpu/gemm_tile-inl.h"
 #include "cpu/kernels.h"
 #include "cpu/pack-inl.h"
+#include "cpu/prefetch.h"
 #include "cpu/softmax-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/cache_control.h"
@@ -195,9 +198,8 @@ void ListKeyTiles(const Problem& pr, const MaskPlan* plan, int64_t seq, int64_t 
   }
 }
 
-// Requests the rows of key tile j0 of K and V. Written out here, not in a helper function or
-// lambda: GCC 12 deems a function that holds only prefetches const and deletes its calls
-// (hwy::Prefetch called from a lambda compiled to nothing).
+// Requests the rows of key tile j0 of K and V (prefetch.h: hwy::Prefetch called from a lambda
+// here used to compile to nothing).
 HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Sequence& sq, int64_t hk, int64_t D,
                              int64_t j0) {
   const int64_t n = std::min(kBk, sq.nk - j0), esize = dtype_size(k.dtype), bytes = D * esize;
@@ -205,8 +207,8 @@ HWY_INLINE void PrefetchTile(const TensorView& k, const TensorView& v, const Seq
   const char* vb = static_cast<const char*>(v.data) + offset4(v, sq.batch, sq.k0 + j0, hk, 0) * esize;
   for (int64_t j = 0; j < n; ++j)
     for (int64_t x = 0; x < bytes; x += 64) {
-      __builtin_prefetch(kb + j * k.strides[1] * esize + x);
-      __builtin_prefetch(vb + j * v.strides[1] * esize + x);
+      prefetch_l1(kb + j * k.strides[1] * esize + x);
+      prefetch_l1(vb + j * v.strides[1] * esize + x);
     }
 }
 
@@ -227,9 +229,20 @@ const float* PackedTile(const TensorView& k, const TensorView& v, const Sequence
   const int64_t kbase = offset4(k, sq.batch, sq.k0 + j0, hk, 0), vbase = offset4(v, sq.batch, sq.k0 + j0, hk, 0);
   float* kd = dst;             // [kBk][Dp]
   float* vd = dst + kBk * Dp;  // [kBk][Dp]
-  // K rows, then V rows: each loop's reads a constant stride apart.
-  for (int64_t j = 0; j < n; ++j) LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, kd + j * Dp);
-  for (int64_t j = 0; j < n; ++j) LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, vd + j * Dp);
+  // K rows, then V rows, each loop's reads a constant stride apart, requesting the rows a few
+  // ahead (in case the prefetch one visit ahead was late or there was none).
+  const int64_t ke = dtype_size(k.dtype), ve = dtype_size(v.dtype);
+  const char* kb0 = static_cast<const char*>(k.data) + kbase * ke;
+  const char* vb0 = static_cast<const char*>(v.data) + vbase * ve;
+  constexpr int64_t kAhead = 8;
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) prefetch_l1(kb0 + (j + kAhead) * k.strides[1] * ke);
+    LoadRowF32(k, kbase + j * k.strides[1], k.strides[3], D, Dp, kd + j * Dp);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) prefetch_l1(vb0 + (j + kAhead) * v.strides[1] * ve);
+    LoadRowF32(v, vbase + j * v.strides[1], v.strides[3], D, Dp, vd + j * Dp);
+  }
   std::fill(kd + n * Dp, kd + kBk * Dp, 0.0f);
   std::fill(vd + n * Dp, vd + kBk * Dp, 0.0f);
   return dst;
@@ -259,7 +272,7 @@ HWY_INLINE void PrefetchQueryRows(const TensorView& q, const Sequence& sq, int64
   const int64_t esize = dtype_size(q.dtype), bytes = D * esize;
   const char* base = static_cast<const char*>(q.data) + offset4(q, sq.batch, sq.q0 + i0, h, 0) * esize;
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(base + r * q.strides[1] * esize + x);
+    for (int64_t x = 0; x < bytes; x += 64) prefetch_l1(base + r * q.strides[1] * esize + x);
 }
 
 // The query tile that a thread computes after this one, whose rows are prefetched meanwhile.
