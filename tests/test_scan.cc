@@ -223,5 +223,18 @@ TEST(Scan, BadArgumentsThrow) {
   expect_error([&] { selective_scan_step(st, in.view(), o.view); }, "x: expected 2 dimensions");
 }
 
+// Δ of a million elements is checked by the thread pool in parts: the error still names the
+// first negative element, also when a later part holds another one (or a NaN).
+TEST(Scan, NegativeDeltaInALargeTensorIsTheFirstOne) {
+  std::mt19937_64 rng(test_seed() ^ 11);
+  const Case c{.name = "large", .L = 2048, .Dch = 512, .N = 1};
+  Inputs in = make_inputs(c, rng);
+  HostTensor out(DType::f32, {1, c.L, c.Dch});
+  in.delta.set(1500 * 512 + 7, NAN);
+  in.delta.set(1000 * 512 + 300, -2.0f);
+  expect_error([&] { selective_scan_forward(in.view(), out.view); },
+               "delta: expected every element >= 0, given -2 at [0, 1000, 300]");
+}
+
 }  // namespace
 }  // namespace attnkit::test
