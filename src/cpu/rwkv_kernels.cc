@@ -315,8 +315,8 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
       const int64_t ahead = std::min(kTile, t_end - t0 - nt);  // rows of the next tile
       for (int64_t o = 0; o < nc; o += kW) {
         for (int64_t r = nt; r < nt + ahead; ++r) {  // this block's line of each of the next tile's rows
-          prefetch_l1(kr.p + r * kr.ld + o);
-          prefetch_l1(vr.p + r * vr.ld + o);
+          prefetch_l2(kr.p + r * kr.ld + o);
+          prefetch_l2(vr.p + r * vr.ld + o);
         }
         float* yp = const_cast<float*>(yr.p);
         if (!out) {
