@@ -28,9 +28,9 @@
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
 #include "cpu/prefetch.h"
-#include "hwy/cache_control.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_stage.h"
+#include "cpu/stream_store-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
@@ -167,31 +167,8 @@ constexpr int64_t kTile = 8;
 //   d2 = (p − w) − k, f = e^{−|d2|}: a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
 // The exponents stay in natural units and each difference is scaled by log2 e just before its
 // 2^x, so the scaling's rounding is relative to the difference (small where the weight matters),
-// not to |k| or |p|. kStore: how y is written (see YStore).
-enum class YStore { normal, stream, stream_halves };
-
-// Non-temporal stores of y (it is not read back, and a normal store would first read each line
-// from memory): whole vectors where rows are vector-aligned, else two half-vector stores where
-// they are half-aligned (malloc's large blocks are 16-byte aligned: AVX2's halves).
-template <YStore kStore>
-HWY_INLINE void StoreY(V v, float* HWY_RESTRICT p) {
-  const DF df;
-  if constexpr (kStore == YStore::stream) {
-    hn::Stream(v, df, p);
-  } else if constexpr (kStore == YStore::stream_halves) {
-#if HWY_TARGET == HWY_SCALAR
-    hn::StoreU(v, df, p);
-#else
-    const hn::Half<DF> dh;
-    hn::Stream(hn::LowerHalf(dh, v), dh, p);
-    hn::Stream(hn::UpperHalf(dh, v), dh, p + hn::Lanes(dh));
-#endif
-  } else {
-    hn::StoreU(v, df, p);
-  }
-}
-
-template <YStore kStore>
+// not to |k| or |p|. kStore: how y is written (stream_store-inl.h).
+template <RowStore kStore>
 HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
                                 float* HWY_RESTRICT st, int64_t width, int64_t o) {
   const DF df;
@@ -224,7 +201,7 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
     for (int64_t j = 0; j < nv; ++j) {
       const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
       const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
-      StoreY<kStore>(yv, y + t * ldy + o + j * L);
+      StoreRow<kStore>(yv, y + t * ldy + o + j * L);
       const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
       a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
       b[j] = hn::MulAdd(f1, b[j], f2);
@@ -299,14 +276,7 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
   }
   const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % kW == 0;
   const Rows y0 = TensorRows(y, b, 0, c0);
-  auto aligned = [&](size_t bytes) {
-    return reinterpret_cast<uintptr_t>(y0.p) % bytes == 0 && (y0.ld * sizeof(float)) % bytes == 0;
-  };
-  const size_t vbytes = hn::Lanes(DF()) * sizeof(float);
-  const YStore store = !direct                ? YStore::normal
-                       : aligned(vbytes)      ? YStore::stream
-                       : vbytes >= 32 && aligned(vbytes / 2) ? YStore::stream_halves
-                                              : YStore::normal;
+  const RowStore store = direct ? ChooseRowStore(y0.p, y0.ld) : RowStore::normal;
   for (int64_t t0 = 0; t0 < t_end; t0 += kTile) {
     const int64_t nt = std::min({kTile, t_end - t0, t0 < t_begin ? t_begin - t0 : kTile});
     const bool out = t0 >= t_begin;
@@ -321,12 +291,12 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
         float* yp = const_cast<float*>(yr.p);
         if (!out) {
           Wkv4StateTile(kr, vr, nt, st, width, o);
-        } else if (store == YStore::stream) {
-          Wkv4ForwardTile<YStore::stream>(kr, vr, yp, yr.ld, nt, st, width, o);
-        } else if (store == YStore::stream_halves) {
-          Wkv4ForwardTile<YStore::stream_halves>(kr, vr, yp, yr.ld, nt, st, width, o);
+        } else if (store == RowStore::stream) {
+          Wkv4ForwardTile<RowStore::stream>(kr, vr, yp, yr.ld, nt, st, width, o);
+        } else if (store == RowStore::stream_halves) {
+          Wkv4ForwardTile<RowStore::stream_halves>(kr, vr, yp, yr.ld, nt, st, width, o);
         } else {
-          Wkv4ForwardTile<YStore::normal>(kr, vr, yp, yr.ld, nt, st, width, o);
+          Wkv4ForwardTile<RowStore::normal>(kr, vr, yp, yr.ld, nt, st, width, o);
         }
       }
     } else {
@@ -334,7 +304,7 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
       stage_rows(v, b, t0, nt, c0, nc, width, tile.v);
       for (int64_t o = 0; o < width; o += kW) {
         if (out) {
-          Wkv4ForwardTile<YStore::normal>({tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
+          Wkv4ForwardTile<RowStore::normal>({tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
         } else {
           Wkv4StateTile({tile.k, width}, {tile.v, width}, nt, st, width, o);
         }
@@ -342,7 +312,7 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
       if (out) unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
     }
   }
-  if (store != YStore::normal) hwy::FlushStream();
+  if (store != RowStore::normal) hwy::FlushStream();
 }
 
 void Wkv4BackwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
