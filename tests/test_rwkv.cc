@@ -141,6 +141,24 @@ TEST_P(Wkv4, StepsEqualFullSequence) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, Wkv4, ::testing::ValuesIn(cases4()), [](const auto& info) { return info.param.name; });
 
+// y at every 4-byte offset modulo 32 bytes: the forward writes aligned rows with whole-vector or
+// half-vector non-temporal stores and any other rows with ordinary ones. T = 100 is split in
+// time between two threads, C = 32 is read in place.
+TEST(Wkv4, OutputAlignments) {
+  const Case4 c{.name = "aligned", .T = 100, .C = 32};
+  std::mt19937_64 rng(test_seed() ^ 7);
+  const Inputs4 in = make4(c, rng);
+  const std::vector<double> want = ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view);
+  for (int64_t off = 0; off < 8; ++off) {
+    HostTensor y(DType::f32, {c.B, c.T, c.C + 8});  // rows of C + 8 floats: 160 bytes apart
+    y.poison();
+    y.view.shape[2] = c.C;
+    y.view.data = static_cast<float*>(y.view.data) + off;
+    wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, y.view);
+    expect_close(y, want, tolerance(DType::f32, false), "y at offset " + std::to_string(off));
+  }
+}
+
 TEST(Wkv4, LongSequencesWithExtremeDecaysStayFinite) {
   for (float w_mean : {-12.0f, 5.0f}) {
     const Case4 c{.name = "long", .T = 50000, .C = 16, .w_mean = w_mean, .k_scale = 40.0f};

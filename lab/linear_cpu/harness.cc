@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -26,8 +27,22 @@ using attnkit::DType;
 using attnkit::TensorView;
 using Clock = std::chrono::steady_clock;
 
-std::vector<float> fill(int64_t n, float lo, float hi, uint32_t seed) {
-  std::vector<float> v(n);
+// 64-byte aligned buffers, as tensor libraries allocate them (PyTorch's CPU allocator aligns to
+// 64 bytes; malloc's large blocks are only 16-byte aligned).
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const Aligned64&) const { return true; }
+};
+using FVec = std::vector<float, Aligned64<float>>;
+
+FVec fill(int64_t n, float lo, float hi, uint32_t seed) {
+  FVec v(n);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(lo, hi);
   std::vector<float> table(65537);
@@ -60,7 +75,7 @@ int main(int argc, char** argv) {
   const int64_t cb = int64_t{512} << 20;
   std::vector<char> src(cb, 1), dst(cb, 0);
   const bool nocopy = std::getenv("LAB_NOCOPY") != nullptr;
-  std::vector<float> q8, k8, v8, o8, ga, gb, gc;  // linear attention and its sgemm ceiling
+  FVec q8, k8, v8, o8, ga, gb, gc;  // linear attention and its sgemm ceiling
   auto copy = [&] {
     if (nocopy) return;
     if (!gc.empty()) {
@@ -73,10 +88,10 @@ int main(int argc, char** argv) {
       ts.emplace_back([&, i] { std::memcpy(dst.data() + i * (cb / threads), src.data() + i * (cb / threads), cb / threads); });
     for (auto& t : ts) t.join();
   };
-  std::vector<float> x = fill(L * W, -2, 2, 1), dt = fill(L * W, 0.001f, 0.1f, 2), z = fill(L * W, -2, 2, 3),
+  FVec x = fill(L * W, -2, 2, 1), dt = fill(L * W, 0.001f, 0.1f, 2), z = fill(L * W, -2, 2, 3),
                      out(L * W), A = fill(W * N, -2, -0.1f, 4), Bm = fill(L * N, -1, 1, 5), Cm = fill(L * N, -1, 1, 6),
                      D = fill(W, -1, 1, 7), w = fill(W, 0.01f, 3, 8), u = fill(W, -1, 1, 9);
-  std::vector<float> r6, w6;
+  FVec r6, w6;
   struct Item {
     const char* name;
     std::function<void()> run;
@@ -98,7 +113,7 @@ int main(int argc, char** argv) {
   }
   if (what == "wkv4" || what == "all") {
     items.push_back({"wkv4", [&] {
-                       auto v3 = [&](std::vector<float>& a) { return TensorView(a.data(), DType::f32, {1, L, W}); };
+                       auto v3 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, W}); };
                        attnkit::wkv4_forward(TensorView(w.data(), DType::f32, {W}), TensorView(u.data(), DType::f32, {W}),
                                              v3(x), v3(z), v3(out));
                      },
@@ -109,12 +124,28 @@ int main(int argc, char** argv) {
                        std::vector<std::thread> ts;
                        for (int i = 0; i < threads; ++i)
                          ts.emplace_back([&, i] {
-                           const int64_t c0 = W * i / threads, c1 = W * (i + 1) / threads;
-                           for (int64_t t = 0; t < L; ++t) {
+                           const bool by_rows = std::getenv("LAB_BYROWS") != nullptr;
+                           const int64_t c0 = by_rows ? 0 : W * i / threads, c1 = by_rows ? W : W * (i + 1) / threads;
+                           const int64_t r0 = by_rows ? L * i / threads : 0, r1 = by_rows ? L * (i + 1) / threads : L;
+                           const int64_t ahead = std::getenv("LAB_AHEAD") ? std::atoll(std::getenv("LAB_AHEAD")) : 0;
+                           const bool phase = std::getenv("LAB_PHASE") != nullptr;
+                           for (int64_t tt = r0; tt < r1; ++tt) {
+                             const int64_t t = phase ? (tt + i * L / threads) % L : tt;
                              const float* kr = x.data() + t * W;
                              const float* vr = z.data() + t * W;
                              float* yr = out.data() + t * W;
-                             for (int64_t c = c0; c < c1; ++c) yr[c] = kr[c] + vr[c];
+                             if (ahead > 0 && t + ahead < L)
+                               for (int64_t c = c0; c < c1; c += 16) {
+                                 __builtin_prefetch(kr + ahead * W + c, 0, 2);
+                                 __builtin_prefetch(vr + ahead * W + c, 0, 2);
+                               }
+                             if (std::getenv("LAB_READONLY")) {
+                               float acc = 0;
+                               for (int64_t c = c0; c < c1; ++c) acc += kr[c] * vr[c];
+                               if (acc == 12345.0f) yr[c0] = acc;
+                             } else {
+                               for (int64_t c = c0; c < c1; ++c) yr[c] = kr[c] + vr[c];
+                             }
                            }
                          });
                        for (auto& t : ts) t.join();
@@ -125,7 +156,7 @@ int main(int argc, char** argv) {
     const int64_t n = L * 8 * 64;
     q8 = fill(n, -1, 1, 12), k8 = fill(n, -1, 1, 13), v8 = fill(n, -1, 1, 14), o8.resize(n);
     items.push_back({"linear", [&] {
-                       auto view = [&](std::vector<float>& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
+                       auto view = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
                        attnkit::LinearAttentionParams p;
                        p.causal = true;
                        attnkit::linear_forward(view(q8), view(k8), view(v8), view(o8), p);
@@ -137,7 +168,7 @@ int main(int argc, char** argv) {
     r6 = fill(L * W, -1, 1, 10);
     w6 = fill(L * W, -3, 1, 11);
     items.push_back({"wkv6", [&] {
-                       auto v4 = [&](std::vector<float>& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
+                       auto v4 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
                        attnkit::wkv6_forward(v4(r6), v4(x), v4(z), v4(w6), TensorView(u.data(), DType::f32, {8, 64}),
                                              v4(out));
                      },

@@ -27,4 +27,13 @@ inline void prefetch_l1(const void* p) {
 #endif
 }
 
+// The same with the intent to write (prefetchw): the line arrives ready to be modified.
+inline void prefetch_w(const void* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
 }  // namespace attnkit::cpu

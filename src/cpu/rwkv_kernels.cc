@@ -30,6 +30,7 @@
 #include "cpu/prefetch.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_stage.h"
+#include "cpu/stream_store-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
@@ -159,41 +160,97 @@ Rows TensorRows(const TensorView& t, int64_t b, int64_t t0, int64_t c0) {
 // L1 between tiles. The next tile's lines are prefetched while a tile computes.
 constexpr int64_t kTile = 8;
 
-// Rows [0, nt) of a tile for the channel vector at o; st holds rows a, b, p, w, u of width
-// floats. Per step:
+// Rows [0, nt) of a tile for the kW channels at o (nv vectors, interleaved: each step's two
+// exponentials of every vector are independent work, and the vectors of a 64-byte line are
+// stored one after the other); st holds rows a, b, p, w, u of width floats. Per step:
 //   d1 = p − (u + k), e = e^{−|d1|}: y = (e1·a + e2·v) / (e1·b + e2), (e1, e2) = d1 < 0 ? (e, 1) : (1, e)
 //   d2 = (p − w) − k, f = e^{−|d2|}: a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
 // The exponents stay in natural units and each difference is scaled by log2 e just before its
 // 2^x, so the scaling's rounding is relative to the difference (small where the weight matters),
-// not to |k| or |p|.
-HWY_INLINE void Wkv4ForwardTile(DF df, Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
+// not to |k| or |p|. kStore: how y is written (stream_store-inl.h).
+template <RowStore kStore>
+HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
                                 float* HWY_RESTRICT st, int64_t width, int64_t o) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
+  constexpr int64_t nv = kW / L;
   const V one = hn::Set(df, 1.0f), neg_log2e = hn::Set(df, -kLog2e);
   float* sa = st + o;
   float* sb = sa + width;
   float* sp = sb + width;
-  V a = hn::Load(df, sa), b = hn::Load(df, sb), p = hn::Load(df, sp);
-  const V w = hn::Load(df, sp + width), u = hn::Load(df, sp + 2 * width);
-  for (int64_t t = 0; t < nt; ++t) {
-    const V kt = hn::LoadU(df, k.p + t * k.ld + o), vt = hn::LoadU(df, v.p + t * v.ld + o);
-    const V d1 = hn::Sub(p, hn::Add(u, kt));
-    const V e = Exp2NonPositive(df, hn::Mul(hn::Abs(d1), neg_log2e));
-    const V e1 = hn::IfNegativeThenElse(d1, e, one), e2 = hn::IfNegativeThenElse(d1, one, e);
-    hn::StoreU(hn::Div(hn::MulAdd(e1, a, hn::Mul(e2, vt)), hn::MulAdd(e1, b, e2)), df, y + t * ldy + o);
-    const V pw = hn::Sub(p, w);
-    const V d2 = hn::Sub(pw, kt);
-    const V f = Exp2NonPositive(df, hn::Mul(hn::Abs(d2), neg_log2e));
-    const V f1 = hn::IfNegativeThenElse(d2, f, one), f2 = hn::IfNegativeThenElse(d2, one, f);
-    a = hn::MulAdd(f1, a, hn::Mul(f2, vt));
-    b = hn::MulAdd(f1, b, f2);
-    p = hn::Max(pw, kt);
+  V a[nv], b[nv], p[nv], w[nv], u[nv];
+  for (int64_t j = 0; j < nv; ++j) {
+    a[j] = hn::Load(df, sa + j * L);
+    b[j] = hn::Load(df, sb + j * L);
+    p[j] = hn::Load(df, sp + j * L);
+    w[j] = hn::Load(df, sp + width + j * L);
+    u[j] = hn::Load(df, sp + 2 * width + j * L);
   }
-  hn::Store(a, df, sa);
-  hn::Store(b, df, sb);
-  hn::Store(p, df, sp);
+  for (int64_t t = 0; t < nt; ++t) {
+    V kt[nv], vt[nv], d1[nv], d2[nv], e[nv], f[nv];
+    for (int64_t j = 0; j < nv; ++j) {
+      kt[j] = hn::LoadU(df, k.p + t * k.ld + o + j * L);
+      vt[j] = hn::LoadU(df, v.p + t * v.ld + o + j * L);
+      d1[j] = hn::Sub(p[j], hn::Add(u[j], kt[j]));
+      e[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d1[j]), neg_log2e));
+      const V pw = hn::Sub(p[j], w[j]);
+      d2[j] = hn::Sub(pw, kt[j]);
+      p[j] = hn::Max(pw, kt[j]);
+      f[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d2[j]), neg_log2e));
+    }
+    for (int64_t j = 0; j < nv; ++j) {
+      const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
+      const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
+      StoreRow<kStore>(yv, y + t * ldy + o + j * L);
+      const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
+      a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
+      b[j] = hn::MulAdd(f1, b[j], f2);
+    }
+  }
+  for (int64_t j = 0; j < nv; ++j) {
+    hn::Store(a[j], df, sa + j * L);
+    hn::Store(b[j], df, sb + j * L);
+    hn::Store(p[j], df, sp + j * L);
+  }
 }
 
-struct Wkv4Tile {  // one staged tile of k, v and y: [kTile][width], padded to whole vectors
+// The state update alone (no output), for the rows before a thread's time segment (see
+// Wkv4Forward): one exponential per step instead of two, no division.
+HWY_INLINE void Wkv4StateTile(Rows k, Rows v, int64_t nt, float* HWY_RESTRICT st, int64_t width, int64_t o) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
+  constexpr int64_t nv = kW / L;
+  const V one = hn::Set(df, 1.0f), neg_log2e = hn::Set(df, -kLog2e);
+  float* sa = st + o;
+  float* sb = sa + width;
+  float* sp = sb + width;
+  V a[nv], b[nv], p[nv], w[nv];
+  for (int64_t j = 0; j < nv; ++j) {
+    a[j] = hn::Load(df, sa + j * L);
+    b[j] = hn::Load(df, sb + j * L);
+    p[j] = hn::Load(df, sp + j * L);
+    w[j] = hn::Load(df, sp + width + j * L);
+  }
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t j = 0; j < nv; ++j) {
+      const V kt = hn::LoadU(df, k.p + t * k.ld + o + j * L), vt = hn::LoadU(df, v.p + t * v.ld + o + j * L);
+      const V pw = hn::Sub(p[j], w[j]);
+      const V d2 = hn::Sub(pw, kt);
+      const V f = Exp2NonPositive(df, hn::Mul(hn::Abs(d2), neg_log2e));
+      const V f1 = hn::IfNegativeThenElse(d2, f, one), f2 = hn::IfNegativeThenElse(d2, one, f);
+      a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt));
+      b[j] = hn::MulAdd(f1, b[j], f2);
+      p[j] = hn::Max(pw, kt);
+    }
+  }
+  for (int64_t j = 0; j < nv; ++j) {
+    hn::Store(a[j], df, sa + j * L);
+    hn::Store(b[j], df, sb + j * L);
+    hn::Store(p[j], df, sp + j * L);
+  }
+}
+
+struct Wkv4Tile {  // one staged tile of k, v and y: [kTile][width], padded to whole blocks
   hwy::AlignedFreeUniquePtr<float[]> mem;
   float *k, *v, *y;
   explicit Wkv4Tile(int64_t width) : mem(hwy::AllocateAligned<float>(3 * (kTile * width + kPad))) {
@@ -203,44 +260,59 @@ struct Wkv4Tile {  // one staged tile of k, v and y: [kTile][width], padded to w
   }
 };
 
-// Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole vectors). Where
-// the channels are contiguous and nc is a multiple of the vector length, the tiles are read and
-// written in place; otherwise each tile is staged into padded buffers and back.
-void Wkv4ForwardGroup(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
-                      const TensorView& v, const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width,
-                      Wkv4Tile& tile, float* HWY_RESTRICT st) {
-  const DF df;
-  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  constexpr int64_t kLine = 64 / sizeof(float);
+// Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole blocks of kW)
+// over rows [t_begin, t_end), after the state alone over rows [0, t_begin). Where the channels
+// are contiguous and nc is a multiple of kW, the tiles are read and written in place, and while
+// a block computes its tile, its lines of the next tile's rows are prefetched; otherwise each
+// tile is staged into padded buffers and back.
+void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+                      const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_begin,
+                      int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st) {
   for (int64_t j = 0; j < width; ++j) {
     st[j] = st[width + j] = 0.0f;
     st[2 * width + j] = kWkv4EmptyExponent;
     st[3 * width + j] = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0f;
     st[4 * width + j] = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0f;
   }
-  const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % L == 0;
-  for (int64_t t0 = 0; t0 < s.seq; t0 += kTile) {
-    const int64_t nt = std::min(kTile, s.seq - t0);
+  const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % kW == 0;
+  const Rows y0 = TensorRows(y, b, 0, c0);
+  const RowStore store = direct ? ChooseRowStore(y0.p, y0.ld) : RowStore::normal;
+  for (int64_t t0 = 0; t0 < t_end; t0 += kTile) {
+    const int64_t nt = std::min({kTile, t_end - t0, t0 < t_begin ? t_begin - t0 : kTile});
+    const bool out = t0 >= t_begin;
     if (direct) {
       const Rows kr = TensorRows(k, b, t0, c0), vr = TensorRows(v, b, t0, c0), yr = TensorRows(y, b, t0, c0);
-      const int64_t ahead = std::min(kTile, s.seq - t0 - nt);  // rows of the next tile
-      for (int64_t o = 0; o < nc; o += L) {
-        if (o % kLine == 0) {  // this line of each of the next tile's rows
-          for (int64_t r = nt; r < nt + ahead; ++r) {
-            prefetch_l1(kr.p + r * kr.ld + o);
-            prefetch_l1(vr.p + r * vr.ld + o);
-          }
+      const int64_t ahead = std::min(kTile, t_end - t0 - nt);  // rows of the next tile
+      for (int64_t o = 0; o < nc; o += kW) {
+        for (int64_t r = nt; r < nt + ahead; ++r) {  // this block's line of each of the next tile's rows
+          prefetch_l2(kr.p + r * kr.ld + o);
+          prefetch_l2(vr.p + r * vr.ld + o);
         }
-        Wkv4ForwardTile(df, kr, vr, const_cast<float*>(yr.p), yr.ld, nt, st, width, o);
+        float* yp = const_cast<float*>(yr.p);
+        if (!out) {
+          Wkv4StateTile(kr, vr, nt, st, width, o);
+        } else if (store == RowStore::stream) {
+          Wkv4ForwardTile<RowStore::stream>(kr, vr, yp, yr.ld, nt, st, width, o);
+        } else if (store == RowStore::stream_halves) {
+          Wkv4ForwardTile<RowStore::stream_halves>(kr, vr, yp, yr.ld, nt, st, width, o);
+        } else {
+          Wkv4ForwardTile<RowStore::normal>(kr, vr, yp, yr.ld, nt, st, width, o);
+        }
       }
     } else {
       stage_rows(k, b, t0, nt, c0, nc, width, tile.k);
       stage_rows(v, b, t0, nt, c0, nc, width, tile.v);
-      for (int64_t o = 0; o < width; o += L)
-        Wkv4ForwardTile(df, {tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
-      unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
+      for (int64_t o = 0; o < width; o += kW) {
+        if (out) {
+          Wkv4ForwardTile<RowStore::normal>({tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
+        } else {
+          Wkv4StateTile({tile.k, width}, {tile.v, width}, nt, st, width, o);
+        }
+      }
+      if (out) unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
     }
   }
+  if (store != RowStore::normal) hwy::FlushStream();
 }
 
 void Wkv4BackwardBlock(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
@@ -483,24 +555,62 @@ void Wkv6BackwardHead(const Wkv6Dims& s, const TensorView& r, const TensorView& 
   for (int64_t i = 0; i < K; ++i) du_out[i] = sc.du[i];
 }
 
+// Time segments [bounds[i], bounds[i + 1]) of a sequence of T steps for n threads: thread i
+// first runs the state alone over the rows before its segment (kStateCost of a full step's
+// time), so the segments shrink as they start later, to end together:
+//   len_0 = X,  len_i = X − kStateCost·start_i,  Σ len_i = T.
+// Boundaries fall on whole tiles; segments that would be shorter than a few tiles are dropped.
+constexpr double kStateCost = 0.5;  // the state update alone against a full step (one exp of two)
+constexpr int64_t kMaxGroupChannels = 1024;
+
+std::vector<int64_t> Wkv4Segments(int64_t T, int64_t n) {
+  std::vector<double> len;
+  double start = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double l = 1.0 - kStateCost * start;
+    if (l < 0.25) break;
+    len.push_back(l);
+    start += l;
+  }
+  std::vector<int64_t> bounds = {0};
+  double acc = 0;
+  for (size_t i = 0; i + 1 < len.size(); ++i) {
+    acc += len[i];
+    const int64_t at = static_cast<int64_t>(acc / start * static_cast<double>(T)) / kTile * kTile;
+    if (at - bounds.back() >= 4 * kTile && T - at >= 4 * kTile) bounds.push_back(at);
+  }
+  bounds.push_back(T);
+  return bounds;
+}
+
 }  // namespace
 
 void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
                  const TensorView& v, const TensorView& y) {
-  const int64_t blocks = (s.channels + kW - 1) / kW;
   ThreadPool& tp = pool();
-  // Groups of at most kGroupBlocks blocks, at least one per thread over the whole batch.
-  const int64_t want = std::min(blocks, std::max<int64_t>(1, tp.size() / std::max<int64_t>(1, s.batch)));
-  const int64_t per = std::min(kGroupBlocks, (blocks + want - 1) / want), groups = (blocks + per - 1) / per;
+  const int64_t threads = tp.size();
+  // Channel groups of at most kMaxGroupChannels (the rows a thread reads are then segments of
+  // at least 4 KiB, or whole rows); with fewer (batch, group) items than threads, each
+  // sequence is also split in time, so that threads read whole rows rather than halves of
+  // every row, which the hardware prefetchers follow poorly (two threads reading the two
+  // halves of [T, 512] rows moved half the bytes per second of two threads reading disjoint
+  // rows: lab/linear_cpu/NOTES.md).
+  const int64_t groups = (s.channels + kMaxGroupChannels - 1) / kMaxGroupChannels;
+  const int64_t gsize = (s.channels + groups - 1) / groups;
+  const int64_t segs_wanted = std::max<int64_t>(1, threads / std::max<int64_t>(1, s.batch * groups));
+  const std::vector<int64_t> bounds = Wkv4Segments(s.seq, segs_wanted);
+  const int64_t segs = static_cast<int64_t>(bounds.size()) - 1;
+  const int64_t width_max = (gsize + kW - 1) / kW * kW;
   std::vector<Wkv4Tile> tiles;
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
   for (int t = 0; t < tp.size(); ++t) {
-    tiles.emplace_back(per * kW);
-    states.push_back(hwy::AllocateAligned<float>(5 * per * kW));
+    tiles.emplace_back(width_max);
+    states.push_back(hwy::AllocateAligned<float>(5 * width_max));
   }
-  tp.parallel_for(s.batch * groups, [&](int64_t item, int thread) {
-    const int64_t c0 = (item % groups) * per * kW, nc = std::min(per * kW, s.channels - c0);
-    Wkv4ForwardGroup(s, w, u, k, v, y, item / groups, c0, nc, (nc + kW - 1) / kW * kW, tiles[thread],
+  tp.parallel_for(s.batch * groups * segs, [&](int64_t item, int thread) {
+    const int64_t seg = item % segs, g = (item / segs) % groups, b = item / (segs * groups);
+    const int64_t c0 = g * gsize, nc = std::min(gsize, s.channels - c0);
+    Wkv4ForwardGroup(w, u, k, v, y, b, c0, nc, (nc + kW - 1) / kW * kW, bounds[seg], bounds[seg + 1], tiles[thread],
                      states[thread].get());
   });
 }

@@ -29,6 +29,7 @@
 #include "cpu/scan_kernels.h"
 #include "cpu/prefetch.h"
 #include "cpu/scan_stage.h"
+#include "cpu/stream_store-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
@@ -98,6 +99,7 @@ struct ChunkIO {
   Rows z{nullptr, 0};       // the gate: y·silu(z) is written when z.p != nullptr, else y
   float* y = nullptr;       // rows of kW at y + t·ldy, or nullptr
   int64_t ldy = kW;
+  RowStore store = RowStore::normal;  // how y is written (stream_store-inl.h)
   float* hs = nullptr;      // every h_t ([nt][N][kW]) when != nullptr
   Rows next[3] = {};        // rows another chunk will read next: prefetched, one line per row
 };
@@ -147,7 +149,12 @@ HWY_INLINE void ScanChunk(const ScanDims& s, const ScanInputs& in, int64_t b, in
           const V zv = hn::LoadU(df, io.z.p + t * io.z.ld + v * L);
           yv = hn::Mul(yv, hn::Mul(zv, Sigmoid(zv)));
         }
-        hn::StoreU(yv, df, io.y + t * io.ldy + v * L);
+        float* yp = io.y + t * io.ldy + v * L;
+        switch (io.store) {  // one well-predicted branch per row and vector
+          case RowStore::stream: StoreRow<RowStore::stream>(yv, yp); break;
+          case RowStore::stream_halves: StoreRow<RowStore::stream_halves>(yv, yp); break;
+          case RowStore::normal: StoreRow<RowStore::normal>(yv, yp); break;
+        }
       }
     }
   }
@@ -172,8 +179,9 @@ Rows TensorRows(const TensorView& t, int64_t b, int64_t t0, int64_t c0) {
 // Channel blocks [blk0, blk0 + nblk) of batch b, in chunks of kT steps; within a chunk the
 // blocks walk their columns one after the other, each state (N·kW floats) in L1. Where the
 // channels are contiguous and the block is full, the kernel reads x, Δ, z and writes out in
-// place (one 64-byte line per row and tensor) and prefetches the next block's lines while it
-// computes; otherwise the block's rows are staged into [kT][kW] buffers and back.
+// place (one 64-byte line per row and tensor; out with non-temporal stores where its rows are
+// aligned) and prefetches the next block's lines while it computes; otherwise the block's rows
+// are staged into [kT][kW] buffers and back.
 void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out, int64_t b, int64_t blk0,
                   int64_t nblk, Chunk& ch, float* HWY_RESTRICT consts, float* HWY_RESTRICT hstate) {
   const int64_t NW = s.state * kW, CW = NW + kW;  // per block: At [N][kW] and D [kW]
@@ -187,6 +195,7 @@ void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out
   const bool unit = in.x.strides[2] == 1 && in.delta.strides[2] == 1 && out.strides[2] == 1 &&
                     (!s.has_z || in.z.strides[2] == 1);
   auto direct = [&](int64_t c0) { return unit && c0 + kW <= s.channels; };
+  bool streamed = false;
   for (int64_t t0 = 0; t0 < s.seq; t0 += kT) {
     const int64_t nt = std::min(kT, s.seq - t0);
     for (int64_t i = 0; i < nblk; ++i) {
@@ -199,6 +208,8 @@ void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out
         const Rows o = TensorRows(out, b, t0, c0);
         io.y = const_cast<float*>(o.p);
         io.ldy = o.ld;
+        io.store = ChooseRowStore(io.y, io.ldy);
+        streamed |= io.store != RowStore::normal;
       } else {
         Stage(in.x, b, t0, nt, c0, nc, ch.x);
         Stage(in.delta, b, t0, nt, c0, nc, ch.dt);
@@ -221,6 +232,7 @@ void ForwardGroup(const ScanDims& s, const ScanInputs& in, const TensorView& out
       if (!direct(c0)) Unstage(ch.y, out, b, t0, nt, c0, nc);
     }
   }
+  if (streamed) hwy::FlushStream();
 }
 
 struct BwdBuffers {
