@@ -100,6 +100,11 @@ std::vector<Case4> cases4() {
 
 class Wkv4 : public ::testing::TestWithParam<Case4> {};
 
+// f32 rounds an exponent argument of size |k| to about |k|·2⁻²⁴, which is the relative error of
+// that token's weight; keys scaled ×30 reach arguments near 100, so the forward's error bound
+// grows with the keys' scale (measured at ×30: forward up to 1.2e-5, dw up to 2.0e-4).
+double tol4(const Case4& c, bool backward) { return tolerance(DType::f32, backward) * std::max(1.0f, c.k_scale / 8.0f); }
+
 TEST_P(Wkv4, ForwardMatchesReference) {
   const Case4& c = GetParam();
   std::mt19937_64 rng(test_seed() ^ std::hash<std::string>{}(c.name));
@@ -107,7 +112,7 @@ TEST_P(Wkv4, ForwardMatchesReference) {
   HostTensor y(DType::f32, {c.B, c.T, c.C});
   y.poison();
   wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, y.view);
-  expect_close(y, ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view), tolerance(DType::f32, false),
+  expect_close(y, ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view), tol4(c, false),
                c.name + " y");
 }
 
@@ -120,7 +125,7 @@ TEST_P(Wkv4, BackwardMatchesReference) {
   for (HostTensor* t : {&dw, &du, &dk, &dv}) t->poison();
   wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view, dw.view, du.view, dk.view, dv.view);
   const ref::Wkv4GradsRef r = ref::wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view);
-  const double tol = tolerance(DType::f32, true);
+  const double tol = tol4(c, true);
   expect_close(dw, r.dw, tol, c.name + " dw");
   expect_close(du, r.du, tol, c.name + " du");
   expect_close(dk, r.dk, tol, c.name + " dk");
@@ -136,7 +141,7 @@ TEST_P(Wkv4, StepsEqualFullSequence) {
   stepped.poison();
   Wkv4State st(c.B, c.C);
   for (int64_t s = 0; s < c.T; ++s) wkv4_step(st, in.w.view, in.u.view, token(in.k, s), token(in.v, s), token(stepped, s));
-  expect_close(stepped, dense(full), tolerance(DType::f32, false), c.name + " steps");
+  expect_close(stepped, dense(full), tol4(c, false), c.name + " steps");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Wkv4, ::testing::ValuesIn(cases4()), [](const auto& info) { return info.param.name; });
@@ -271,7 +276,10 @@ TEST_P(Wkv6, StepsEqualFullSequence) {
   for (int64_t s = 0; s < c.T; ++s) {
     wkv6_step(st, token(in.r, s), token(in.k, s), token(in.v, s), token(in.w, s), in.u.view, token(stepped, s));
   }
-  expect_close(stepped, dense(full), tolerance(DType::f32, false), c.name + " steps");
+  // An output is a sum of K products r·k·v of size about 1 that may cancel to 0.01, and the step
+  // adds them in another order than the forward's chunks: a few f32 roundings of the terms
+  // (1e-7 each) against outputs that small reach 1e-5 relative, so the bound is the backward's.
+  expect_close(stepped, dense(full), tolerance(DType::f32, true), c.name + " steps");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Wkv6, ::testing::ValuesIn(cases6()), [](const auto& info) { return info.param.name; });
