@@ -53,8 +53,14 @@ struct AttentionParams {
 
 inline constexpr int kMaxCudaVarlenSeqs = 1024;
 
-// Device workspace (bytes) that backward needs for queries shaped like q; 0 for CPU tensors.
-// Forward needs none. Backward on CUDA tensors throws attnkit::Error if given less.
+// Device workspace (bytes) for the fastest backward of queries shaped like q; 0 for CPU tensors.
+// Forward needs none. It holds delta ([B, Hq, Sq] f32) and an f32 dQ accumulator for the
+// query heads of whole KV heads: all heads, or as many as fit in kBackwardDqAccBytes (so that
+// a long sequence's extra memory stays O(N)), over which the backward then runs in groups. A
+// smaller workspace runs smaller groups; one too small for the query heads of a single KV head
+// (B·Sq·D·4 bytes each beyond delta) runs the deterministic pass; less than delta throws
+// attnkit::Error.
+inline constexpr int64_t kBackwardDqAccBytes = int64_t{256} << 20;
 int64_t backward_workspace_bytes(const TensorView& q);
 
 // Whether this build has the CUDA backend and a device of compute capability 9.0 is present.

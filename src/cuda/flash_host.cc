@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "attnkit/error.h"
 #include "cuda/flash_params.h"
@@ -93,6 +94,30 @@ std::pair<int, int> max_lengths(const Problem& pr) {
   return {static_cast<int>(mq), static_cast<int>(mk)};
 }
 
+
+// The query heads of KV heads [kv0, kv0 + n): pointers moved to the first of them, head counts
+// cut to them. delta and dq_acc are laid out for the slice's heads ([B, n·group, Sq] and
+// [B, Sq, n·group, D]), so every slice reuses the start of the workspace.
+FlashParams head_slice(const FlashParams& p, int64_t kv0, int64_t n, int64_t elem_bytes) {
+  FlashParams g = p;
+  const int64_t h0 = kv0 * p.group;
+  const auto move = [&](auto* ptr, int64_t elems) {
+    using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(ptr)>>, const char, char>;
+    return static_cast<decltype(ptr)>(static_cast<Byte*>(ptr) + elems * elem_bytes);
+  };
+  g.q = move(p.q, h0 * p.q_s.head);
+  g.o = move(p.o, h0 * p.o_s.head);
+  g.dout = move(p.dout, h0 * p.do_s.head);
+  g.dq = move(p.dq, h0 * p.dq_s.head);
+  g.k = move(p.k, kv0 * p.k_s.head);
+  g.v = move(p.v, kv0 * p.v_s.head);
+  g.dk = move(p.dk, kv0 * p.dk_s.head);
+  g.dv = move(p.dv, kv0 * p.dv_s.head);
+  g.lse = p.lse + h0 * p.lse_s[1];
+  g.heads_kv = static_cast<int>(n);
+  g.heads_q = static_cast<int>(n * p.group);
+  return g;
+}
 }  // namespace
 
 void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -113,11 +138,13 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
                const TensorView& out, const TensorView& dout, const TensorView& lse, const TensorView& dq,
                const TensorView& dk, const TensorView& dv, const AttentionParams& params) {
   check_supported(pr, q, params);
-  const int64_t need = backward_workspace_bytes(q);
-  if (params.workspace == nullptr || params.workspace_bytes < need) {
+  // delta is the least the backward runs with (the deterministic pass); backward_workspace_bytes
+  // adds the dQ accumulator of the faster pass.
+  const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
+  if (params.workspace == nullptr || params.workspace_bytes < delta_bytes) {
     throw Error(fmt::format("params.workspace: CUDA backward needs {} bytes of device workspace "
-                            "(backward_workspace_bytes(q)), given {} bytes at {}",
-                            need, params.workspace_bytes, params.workspace));
+                            "(backward_workspace_bytes(q) = {} for the fastest pass), given {} bytes at {}",
+                            delta_bytes, backward_workspace_bytes(q), params.workspace_bytes, params.workspace));
   }
   FlashParams p = make_params(pr, q, k, v, out, lse, params);
   p.dout = dout.data;
@@ -133,17 +160,27 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   if (p.num_seqs == 0 || (mq == 0 && mk == 0)) return;
   const bool bf16 = q.dtype == DType::bf16;
   const int d = static_cast<int>(pr.head_dim);
-  if (!params.deterministic) {
-    // The workspace's layout is backward_workspace_bytes's: delta, then dq_acc (float4 atomics).
+  // The workspace's layout is backward_workspace_bytes's: delta, then the f32 dQ accumulator
+  // (TMA reduce-adds and float4 atomics) for as many query heads as it holds.
+  const int64_t acc_heads = (params.workspace_bytes - delta_bytes) / (pr.batch * pr.seq_q * pr.head_dim * 4);
+  const int64_t kv_per_launch = std::min(pr.heads_kv, acc_heads / pr.group());
+  if (!params.deterministic && kv_per_launch >= 1) {
     if (reinterpret_cast<uintptr_t>(params.workspace) % 16 != 0) {
       throw Error(fmt::format("params.workspace: the CUDA backward needs 16-byte aligned workspace, given {}",
                               params.workspace));
     }
-    const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
     p.dq_acc = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + delta_bytes);
-    // Hopper wgmma kernel for head_dim 64 and 128; the mma.sync one-pass kernel otherwise.
-    if (launch_flash_bwd_sm90(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
-    if (launch_flash_bwd_atomic(p, bf16, d, pr.causal, std::max(mk, 1), params.stream)) return;
+    // Groups of whole KV heads with their query heads, one launch each, so that the accumulator
+    // holds one group: the same kernels over head-offset pointers and fewer heads.
+    // Hopper wgmma kernel for head_dim 64 and 128, the mma.sync one-pass kernel otherwise; when
+    // neither takes the head_dim (the first slice tells), the deterministic kernel runs instead.
+    bool launched = true;
+    for (int64_t kv0 = 0; kv0 < pr.heads_kv && launched; kv0 += kv_per_launch) {
+      const FlashParams g = head_slice(p, kv0, std::min(kv_per_launch, pr.heads_kv - kv0), dtype_size(q.dtype));
+      launched = launch_flash_bwd_sm90(g, bf16, d, pr.causal, std::max(mk, 1), params.stream) ||
+                 launch_flash_bwd_atomic(g, bf16, d, pr.causal, std::max(mk, 1), params.stream);
+    }
+    if (launched) return;
     p.dq_acc = nullptr;
   }
   launch_flash_bwd(p, bf16, d, pr.causal, std::max(mq, 1), std::max(mk, 1), params.stream);

@@ -50,6 +50,10 @@ struct Case {
   Layout layout = Layout::contiguous;
   std::vector<int32_t> cu_q, cu_k;
   bool deterministic = false;  // the backward's no-atomics path (also taken at D = 256)
+  // Backward workspace: −1 is backward_workspace_bytes; n ≥ 0 is delta plus the dQ accumulator
+  // of n KV heads' query heads, so the backward runs over groups of n KV heads (0: the
+  // deterministic pass, which needs delta only).
+  int64_t ws_kv_heads = -1;
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -89,6 +93,17 @@ std::vector<Case> cases() {
                 .D = 128, .causal = true, .deterministic = true});
   cs.push_back({.name = "d64_varlen_deterministic_f16", .Nq = 300, .Nk = 300, .Hq = 2, .Hkv = 2, .D = 64,
                 .dtype = DType::f16, .cu_q = {0, 100, 163, 300}, .cu_k = {0, 100, 163, 300}, .deterministic = true});
+  // Backward over groups of heads (a workspace smaller than all heads' dQ accumulator), with an
+  // uneven last group, head-major views, and a delta-only workspace.
+  cs.push_back({.name = "d128_gqa_causal_grouped_bwd_bf16", .B = 2, .Nq = 130, .Nk = 200, .Hq = 8, .Hkv = 4,
+                .D = 128, .causal = true, .ws_kv_heads = 1});
+  cs.push_back({.name = "d64_bhsd_grouped_bwd_f16", .Nq = 96, .Nk = 160, .Hq = 6, .Hkv = 3, .D = 64,
+                .dtype = DType::f16, .layout = Layout::bhsd, .ws_kv_heads = 2});
+  cs.push_back({.name = "d128_varlen_grouped_bwd_bf16", .Nq = 141, .Nk = 260, .Hq = 4, .Hkv = 4, .D = 128,
+                .causal = true, .cu_q = {0, 5, 5, 140, 141, 141}, .cu_k = {0, 7, 30, 200, 200, 260},
+                .ws_kv_heads = 3});
+  cs.push_back({.name = "d128_delta_only_workspace_bf16", .Nq = 130, .Nk = 300, .Hq = 4, .Hkv = 2, .D = 128,
+                .causal = true, .ws_kv_heads = 0});
   return cs;
 }
 
@@ -126,7 +141,9 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchReference) {
   expect_close(lse, rf.lse, 1e-4, c.name + " lse");
 
   void* ws = nullptr;
-  const int64_t ws_bytes = backward_workspace_bytes(dQ.view);
+  const int64_t ws_bytes = c.ws_kv_heads < 0 ? backward_workspace_bytes(dQ.view)
+                                              : (c.B * c.Nq * c.Hq * 4 + 255) / 256 * 256 +
+                                                    c.ws_kv_heads * (c.Hq / c.Hkv) * c.B * c.Nq * c.D * 4;
   CUDA_OK(cudaMalloc(&ws, ws_bytes));
   params.workspace = ws;
   params.workspace_bytes = ws_bytes;
@@ -217,6 +234,22 @@ TEST(CudaAttentionArgs, UnsupportedCallsThrow) {
     EXPECT_NE(std::string(e.what()).find("workspace"), std::string::npos) << e.what();
   }
   (void)host;
+}
+
+// The workspace holds delta and the dQ accumulator for all heads, or for as many heads as fit in
+// kBackwardDqAccBytes: N = 131072, H = 16, D = 128 needs 64 MiB per head, so 4 heads.
+TEST(CudaAttentionArgs, WorkspaceIsCappedForLongSequences) {
+  auto cuda_view = [](std::initializer_list<int64_t> dims) {
+    return TensorView(reinterpret_cast<void*>(uintptr_t{1} << 20), DType::bf16, dims, Device::cuda);
+  };
+  const int64_t delta_long = 131072 * 16 * 4;
+  EXPECT_EQ(backward_workspace_bytes(cuda_view({1, 131072, 16, 128})), delta_long + 4 * (int64_t{64} << 20));
+  EXPECT_LT(backward_workspace_bytes(cuda_view({1, 131072, 16, 128})), int64_t{300} << 20);
+  // B·N = 32768, H·D = 2048: all heads fit (256 MiB).
+  EXPECT_EQ(backward_workspace_bytes(cuda_view({8, 4096, 16, 128})), 8 * 4096 * 16 * 4 + 8 * 4096 * 16 * 128 * 4);
+  // One head larger than the cap still gets its accumulator.
+  EXPECT_EQ(backward_workspace_bytes(cuda_view({1, 1 << 20, 2, 128})), (1 << 20) * 2 * 4 + (int64_t{1} << 20) * 128 * 4);
+  EXPECT_EQ(backward_workspace_bytes(TensorView(nullptr, DType::bf16, {1, 64, 2, 64})), 0);  // CPU
 }
 
 }  // namespace
