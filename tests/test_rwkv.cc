@@ -103,7 +103,9 @@ class Wkv4 : public ::testing::TestWithParam<Case4> {};
 // f32 rounds an exponent argument of size |k| to about |k|·2⁻²⁴, which is the relative error of
 // that token's weight; keys scaled ×30 reach arguments near 100, so the forward's error bound
 // grows with the keys' scale (measured at ×30: forward up to 1.2e-5, dw up to 2.0e-4).
-double tol4(const Case4& c, bool backward) { return tolerance(DType::f32, backward) * std::max(1.0f, c.k_scale / 8.0f); }
+double tol4(const Case4& c, bool backward) {
+  return tolerance(DType::f32, backward) * std::max(1.0f, c.k_scale / 8.0f);
+}
 
 TEST_P(Wkv4, ForwardMatchesReference) {
   const Case4& c = GetParam();

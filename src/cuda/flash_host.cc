@@ -162,7 +162,8 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   const int d = static_cast<int>(pr.head_dim);
   // The workspace's layout is backward_workspace_bytes's: delta, then the f32 dQ accumulator
   // (TMA reduce-adds and float4 atomics) for as many query heads as it holds.
-  const int64_t acc_heads = (params.workspace_bytes - delta_bytes) / std::max<int64_t>(pr.batch * pr.seq_q * pr.head_dim * 4, 1);
+  const int64_t per_head = std::max<int64_t>(pr.batch * pr.seq_q * pr.head_dim * 4, 1);
+  const int64_t acc_heads = (params.workspace_bytes - delta_bytes) / per_head;
   const int64_t kv_per_launch = std::min(pr.heads_kv, acc_heads / pr.group());
   if (!params.deterministic && kv_per_launch >= 1) {
     if (reinterpret_cast<uintptr_t>(params.workspace) % 16 != 0) {

@@ -248,7 +248,8 @@ TEST(CudaAttentionArgs, WorkspaceIsCappedForLongSequences) {
   // B·N = 32768, H·D = 2048: all heads fit (256 MiB).
   EXPECT_EQ(backward_workspace_bytes(cuda_view({8, 4096, 16, 128})), 8 * 4096 * 16 * 4 + 8 * 4096 * 16 * 128 * 4);
   // One head larger than the cap still gets its accumulator.
-  EXPECT_EQ(backward_workspace_bytes(cuda_view({1, 1 << 20, 2, 128})), (1 << 20) * 2 * 4 + (int64_t{1} << 20) * 128 * 4);
+  EXPECT_EQ(backward_workspace_bytes(cuda_view({1, 1 << 20, 2, 128})),
+            (1 << 20) * 2 * 4 + (int64_t{1} << 20) * 128 * 4);
   EXPECT_EQ(backward_workspace_bytes(TensorView(nullptr, DType::bf16, {1, 64, 2, 64})), 0);  // CPU
 }
 
