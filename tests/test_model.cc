@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attnkit/attnkit.h"
+#include "cpu/gemv.h"
 #include "model/safetensors.h"
 #include "test_util.h"
 
@@ -84,6 +86,38 @@ TEST_P(CachedVsRecompute, SameTokensAndLogitsAtEveryStep) {
 
 INSTANTIATE_TEST_SUITE_P(Mixers, CachedVsRecompute, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "sliding_window" : "exact"; });
+
+// The one-token linear layers (cpu::gemv): several matrices against one x, row counts that are
+// not multiples of the 4-row step or the thread blocks, widths with a tail past whole vectors,
+// against float64 sums; outputs poisoned so that an unwritten row fails.
+TEST(Gemv, MatchesFloat64OnRaggedShapes) {
+  std::mt19937_64 rng(test_seed());
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const int64_t in : {1, 7, 64, 133, 512}) {
+    const std::vector<int64_t> rows = {1, 3, 65, 130, static_cast<int64_t>(rng() % 300 + 1)};
+    std::vector<float> x(in);
+    for (float& e : x) e = u(rng);
+    std::vector<std::vector<float>> w(rows.size()), y(rows.size());
+    std::vector<cpu::GemvPart> parts;
+    for (size_t p = 0; p < rows.size(); ++p) {
+      w[p].resize(rows[p] * in);
+      for (float& e : w[p]) e = u(rng);
+      y[p].assign(rows[p], std::numeric_limits<float>::quiet_NaN());
+      parts.push_back({.w = w[p].data(), .rows = rows[p], .y = y[p].data()});
+    }
+    cpu::gemv(parts, x.data(), in);
+    for (size_t p = 0; p < rows.size(); ++p) {
+      for (int64_t r = 0; r < rows[p]; ++r) {
+        double ref = 0, mag = 0;
+        for (int64_t i = 0; i < in; ++i) {
+          ref += static_cast<double>(w[p][r * in + i]) * x[i];
+          mag += std::abs(static_cast<double>(w[p][r * in + i]) * x[i]);
+        }
+        ASSERT_NEAR(y[p][r], ref, 1e-6 * mag + 1e-30) << "in " << in << " part " << p << " row " << r;
+      }
+    }
+  }
+}
 
 TEST(Decoder, ChunkedPrefillEqualsOnePass) {
   std::mt19937_64 rng(test_seed());

@@ -1,5 +1,6 @@
 #include "core/thread_pool.h"
 
+#include <chrono>
 #include <memory>
 
 #include "attnkit/attention.h"
@@ -20,9 +21,30 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
+namespace {
+// Spins until done() or kSpinMicros have passed; true if done() became true.
+template <class Done>
+bool spin_until(const Done& done) {
+  using std::chrono::steady_clock;
+  const auto until = steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (steady_clock::now() >= until) return done();
+  }
+}
+}  // namespace
+
 void ThreadPool::work(int thread) {
   uint64_t seen = 0;
   for (;;) {
+    spin_until([&] {
+      return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen;
+    });
     std::unique_lock lock(mu_);
     start_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
@@ -56,7 +78,12 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int)>
     fn(item, 0);
     lock.lock();
   }
-  if (--busy_ > 0) done_.wait(lock, [&] { return busy_ == 0; });
+  if (--busy_ > 0) {
+    lock.unlock();
+    spin_until([&] { return busy_.load(std::memory_order_acquire) == 0; });
+    lock.lock();
+    done_.wait(lock, [&] { return busy_ == 0; });
+  }
   job_ = nullptr;
 }
 

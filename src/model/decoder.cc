@@ -9,10 +9,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "attnkit/error.h"
 #include "attnkit/linear.h"
+#include "cpu/gemv.h"
 #include "model/linear_int8.h"
 #include "model/safetensors.h"
 
@@ -92,9 +96,8 @@ struct Linear {
   void apply(const float* x, int64_t T, float* y) const {
     if (!q.empty()) return linear_int8(x, T, in, q.data(), scale.data(), out, y);
     if (T == 1) {  // one token (decode): a matrix-vector product streams w once; sgemm would pack it
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(out), static_cast<int>(in), 1.0f, w.data(),
-                  static_cast<int>(in), x, 1, 0.0f, y, 1);
-      return;
+      const cpu::GemvPart part{.w = w.data(), .rows = out, .y = y};
+      return cpu::gemv({&part, 1}, x, in);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
                 static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.data(), static_cast<int>(in), 0.0f, y,
@@ -114,6 +117,20 @@ struct Linear {
   }
   int64_t bytes() const { return q.empty() ? 4 * out * in : out * in + 4 * out; }
 };
+
+// Linear layers that read the same input x[T][in]. One token goes through cpu::gemv in one pass
+// of the thread pool over all their rows (q, k and v; gate and up): on attnkit's own threads,
+// with no BLAS threads left spinning beside the decode kernel's.
+void apply_all(std::initializer_list<std::pair<const Linear*, float*>> layers, const float* x, int64_t T) {
+  const bool f32 = std::all_of(layers.begin(), layers.end(), [](const auto& l) { return l.first->q.empty(); });
+  if (T != 1 || !f32) {
+    for (const auto& [l, y] : layers) l->apply(x, T, y);
+    return;
+  }
+  std::vector<cpu::GemvPart> parts;
+  for (const auto& [l, y] : layers) parts.push_back({.w = l->w.data(), .rows = l->out, .y = y});
+  cpu::gemv(parts, x, layers.begin()->first->in);
+}
 
 struct Layer {
   std::vector<float> attn_norm, ffn_norm;  // [dim]
@@ -329,9 +346,7 @@ std::vector<float> Decoder::forward(KVCache& cache, std::span<const SeqId> seqs,
   for (int64_t l = 0; l < c.layers; ++l) {
     const Layer& L = impl_->layers[l];
     rms_norm(x.data(), T, d, L.attn_norm, c.norm_eps, h.data());
-    L.wq.apply(h.data(), T, q.data());
-    L.wk.apply(h.data(), T, k.data());
-    L.wv.apply(h.data(), T, v.data());
+    apply_all({{&L.wq, q.data()}, {&L.wk, k.data()}, {&L.wv, v.data()}}, h.data(), T);
     // The one place a layer's sequence mixer is chosen (see Mixer in model.h): exact and
     // sliding-window attention both read the cache (the window lives in the sequence); linear
     // attention advances each sequence's recurrent state token by token.
@@ -361,8 +376,7 @@ std::vector<float> Decoder::forward(KVCache& cache, std::span<const SeqId> seqs,
     L.wo.apply(a.data(), T, h.data());
     for (int64_t i = 0; i < T * d; ++i) x[i] += h[i];
     rms_norm(x.data(), T, d, L.ffn_norm, c.norm_eps, h.data());
-    L.gate.apply(h.data(), T, g.data());
-    L.up.apply(h.data(), T, u.data());
+    apply_all({{&L.gate, g.data()}, {&L.up, u.data()}}, h.data(), T);
     for (int64_t i = 0; i < T * c.ffn_dim; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     L.down.apply(g.data(), T, h.data());
     for (int64_t i = 0; i < T * d; ++i) x[i] += h[i];
