@@ -94,7 +94,6 @@ std::pair<int, int> max_lengths(const Problem& pr) {
   return {static_cast<int>(mq), static_cast<int>(mk)};
 }
 
-
 // The query heads of KV heads [kv0, kv0 + n): pointers moved to the first of them, head counts
 // cut to them. delta and dq_acc are laid out for the slice's heads ([B, n·group, Sq] and
 // [B, Sq, n·group, D]), so every slice reuses the start of the workspace.
@@ -118,6 +117,7 @@ FlashParams head_slice(const FlashParams& p, int64_t kv0, int64_t n, int64_t ele
   g.heads_q = static_cast<int>(n * p.group);
   return g;
 }
+
 }  // namespace
 
 void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
