@@ -167,8 +167,10 @@ constexpr int64_t kTile = 8;
 //   d2 = (p − w) − k, f = e^{−|d2|}: a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
 // The exponents stay in natural units and each difference is scaled by log2 e just before its
 // 2^x, so the scaling's rounding is relative to the difference (small where the weight matters),
-// not to |k| or |p|. kStore: how y is written (stream_store-inl.h).
-template <RowStore kStore>
+// not to |k| or |p|. kStore: how y is written (stream_store-inl.h). kOutput = false runs the
+// state update alone, for the rows before a thread's time segment (see Wkv4Forward): one
+// exponential per step instead of two, no division, no y.
+template <RowStore kStore, bool kOutput = true>
 HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
                                 float* HWY_RESTRICT st, int64_t width, int64_t o) {
   const DF df;
@@ -184,63 +186,31 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
     b[j] = hn::Load(df, sb + j * L);
     p[j] = hn::Load(df, sp + j * L);
     w[j] = hn::Load(df, sp + width + j * L);
-    u[j] = hn::Load(df, sp + 2 * width + j * L);
+    if constexpr (kOutput) u[j] = hn::Load(df, sp + 2 * width + j * L);
   }
   for (int64_t t = 0; t < nt; ++t) {
     V kt[nv], vt[nv], d1[nv], d2[nv], e[nv], f[nv];
     for (int64_t j = 0; j < nv; ++j) {
       kt[j] = hn::LoadU(df, k.p + t * k.ld + o + j * L);
       vt[j] = hn::LoadU(df, v.p + t * v.ld + o + j * L);
-      d1[j] = hn::Sub(p[j], hn::Add(u[j], kt[j]));
-      e[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d1[j]), neg_log2e));
+      if constexpr (kOutput) {
+        d1[j] = hn::Sub(p[j], hn::Add(u[j], kt[j]));
+        e[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d1[j]), neg_log2e));
+      }
       const V pw = hn::Sub(p[j], w[j]);
       d2[j] = hn::Sub(pw, kt[j]);
       p[j] = hn::Max(pw, kt[j]);
       f[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d2[j]), neg_log2e));
     }
     for (int64_t j = 0; j < nv; ++j) {
-      const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
-      const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
-      StoreRow<kStore>(yv, y + t * ldy + o + j * L);
+      if constexpr (kOutput) {
+        const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
+        const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
+        StoreRow<kStore>(yv, y + t * ldy + o + j * L);
+      }
       const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
       a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
       b[j] = hn::MulAdd(f1, b[j], f2);
-    }
-  }
-  for (int64_t j = 0; j < nv; ++j) {
-    hn::Store(a[j], df, sa + j * L);
-    hn::Store(b[j], df, sb + j * L);
-    hn::Store(p[j], df, sp + j * L);
-  }
-}
-
-// The state update alone (no output), for the rows before a thread's time segment (see
-// Wkv4Forward): one exponential per step instead of two, no division.
-HWY_INLINE void Wkv4StateTile(Rows k, Rows v, int64_t nt, float* HWY_RESTRICT st, int64_t width, int64_t o) {
-  const DF df;
-  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(df));
-  constexpr int64_t nv = kW / L;
-  const V one = hn::Set(df, 1.0f), neg_log2e = hn::Set(df, -kLog2e);
-  float* sa = st + o;
-  float* sb = sa + width;
-  float* sp = sb + width;
-  V a[nv], b[nv], p[nv], w[nv];
-  for (int64_t j = 0; j < nv; ++j) {
-    a[j] = hn::Load(df, sa + j * L);
-    b[j] = hn::Load(df, sb + j * L);
-    p[j] = hn::Load(df, sp + j * L);
-    w[j] = hn::Load(df, sp + width + j * L);
-  }
-  for (int64_t t = 0; t < nt; ++t) {
-    for (int64_t j = 0; j < nv; ++j) {
-      const V kt = hn::LoadU(df, k.p + t * k.ld + o + j * L), vt = hn::LoadU(df, v.p + t * v.ld + o + j * L);
-      const V pw = hn::Sub(p[j], w[j]);
-      const V d2 = hn::Sub(pw, kt);
-      const V f = Exp2NonPositive(df, hn::Mul(hn::Abs(d2), neg_log2e));
-      const V f1 = hn::IfNegativeThenElse(d2, f, one), f2 = hn::IfNegativeThenElse(d2, one, f);
-      a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt));
-      b[j] = hn::MulAdd(f1, b[j], f2);
-      p[j] = hn::Max(pw, kt);
     }
   }
   for (int64_t j = 0; j < nv; ++j) {
@@ -290,7 +260,7 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
         }
         float* yp = const_cast<float*>(yr.p);
         if (!out) {
-          Wkv4StateTile(kr, vr, nt, st, width, o);
+          Wkv4ForwardTile<RowStore::normal, false>(kr, vr, nullptr, 0, nt, st, width, o);
         } else if (store == RowStore::stream) {
           Wkv4ForwardTile<RowStore::stream>(kr, vr, yp, yr.ld, nt, st, width, o);
         } else if (store == RowStore::stream_halves) {
@@ -306,7 +276,7 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
         if (out) {
           Wkv4ForwardTile<RowStore::normal>({tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
         } else {
-          Wkv4StateTile({tile.k, width}, {tile.v, width}, nt, st, width, o);
+          Wkv4ForwardTile<RowStore::normal, false>({tile.k, width}, {tile.v, width}, nullptr, 0, nt, st, width, o);
         }
       }
       if (out) unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
