@@ -181,10 +181,10 @@ nlohmann::json linear_latency(const Options& o) {
     }
   }
   std::vector<double> p50;
+  const int64_t state = cache.bytes_in_use() / static_cast<int64_t>(ctxs.size());  // per sequence
   for (size_t c = 0; c < ctxs.size(); ++c) {
     std::sort(lat[c].begin(), lat[c].end());
     p50.push_back(lat[c][lat[c].size() / 2]);
-    const int64_t state = cache.bytes_in_use() / static_cast<int64_t>(ctxs.size());
     fmt::print("{:>8} {:>10.3f} {:>10.3f} {:>12.1f}\n", ctxs[c], p50.back() * 1e3, lat[c].front() * 1e3, state / 1024.0);
     rows.push_back({{"context", ctxs[c]}, {"p50_ms", p50.back() * 1e3}, {"min_ms", lat[c].front() * 1e3},
                     {"state_bytes", state}});

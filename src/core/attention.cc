@@ -63,12 +63,12 @@ ref::KeepFn keep_fn(const Problem& pr) {
 
 int64_t backward_workspace_bytes(const TensorView& q) {
   if (q.device != Device::cuda || q.ndim != 4) return 0;
-  // delta = rowsum(dout ∘ out): [B, Hq, Sq] f32, 256-byte aligned; then the f32 dQ accumulator
-  // of the non-deterministic pass, [B, Sq, heads, D], for all heads or as many as fit in
-  // kBackwardDqAccBytes (at least one): the backward then runs over groups of heads.
+  // delta, then the f32 dQ accumulator of the non-deterministic pass, [B, Sq, heads, D], for all
+  // heads or as many as fit in kBackwardDqAccBytes (at least one): the backward then runs over
+  // groups of heads.
   const int64_t per_head = q.shape[0] * q.shape[1] * q.shape[3] * 4;
   const int64_t heads = std::clamp<int64_t>(kBackwardDqAccBytes / std::max<int64_t>(per_head, 1), 1, q.shape[2]);
-  return (q.shape[0] * q.shape[1] * q.shape[2] * 4 + 255) / 256 * 256 + heads * per_head;
+  return backward_delta_bytes(q.shape[0], q.shape[1], q.shape[2]) + heads * per_head;
 }
 
 bool cuda_available() {

@@ -43,6 +43,12 @@ Problem validate_backward(const TensorView& q, const TensorView& k, const Tensor
                           const TensorView& dq, const TensorView& dk, const TensorView& dv,
                           const AttentionParams& p);
 
+// The CUDA backward's workspace starts with delta = rowsum(dout ∘ out), [B, Hq, Sq] f32, padded
+// to 256 bytes; the f32 dQ accumulator follows (backward_workspace_bytes).
+inline int64_t backward_delta_bytes(int64_t batch, int64_t seq_q, int64_t heads_q) {
+  return (batch * seq_q * heads_q * 4 + 255) / 256 * 256;
+}
+
 // Element offset of [b, s, h, d] in a BSHD view.
 inline int64_t offset4(const TensorView& t, int64_t b, int64_t s, int64_t h, int64_t d) {
   return b * t.strides[0] + s * t.strides[1] + h * t.strides[2] + d * t.strides[3];

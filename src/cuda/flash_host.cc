@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "attnkit/error.h"
 #include "cuda/flash_params.h"
@@ -97,21 +96,20 @@ std::pair<int, int> max_lengths(const Problem& pr) {
 // The query heads of KV heads [kv0, kv0 + n): pointers moved to the first of them, head counts
 // cut to them. delta and dq_acc are laid out for the slice's heads ([B, n·group, Sq] and
 // [B, Sq, n·group, D]), so every slice reuses the start of the workspace.
+const void* advance(const void* p, int64_t bytes) { return static_cast<const char*>(p) + bytes; }
+void* advance(void* p, int64_t bytes) { return static_cast<char*>(p) + bytes; }
+
 FlashParams head_slice(const FlashParams& p, int64_t kv0, int64_t n, int64_t elem_bytes) {
   FlashParams g = p;
-  const int64_t h0 = kv0 * p.group;
-  const auto move = [&](auto* ptr, int64_t elems) {
-    using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(ptr)>>, const char, char>;
-    return static_cast<decltype(ptr)>(static_cast<Byte*>(ptr) + elems * elem_bytes);
-  };
-  g.q = move(p.q, h0 * p.q_s.head);
-  g.o = move(p.o, h0 * p.o_s.head);
-  g.dout = move(p.dout, h0 * p.do_s.head);
-  g.dq = move(p.dq, h0 * p.dq_s.head);
-  g.k = move(p.k, kv0 * p.k_s.head);
-  g.v = move(p.v, kv0 * p.v_s.head);
-  g.dk = move(p.dk, kv0 * p.dk_s.head);
-  g.dv = move(p.dv, kv0 * p.dv_s.head);
+  const int64_t h0 = kv0 * p.group, eb = elem_bytes;
+  g.q = advance(p.q, h0 * p.q_s.head * eb);
+  g.o = advance(p.o, h0 * p.o_s.head * eb);
+  g.dout = advance(p.dout, h0 * p.do_s.head * eb);
+  g.dq = advance(p.dq, h0 * p.dq_s.head * eb);
+  g.k = advance(p.k, kv0 * p.k_s.head * eb);
+  g.v = advance(p.v, kv0 * p.v_s.head * eb);
+  g.dk = advance(p.dk, kv0 * p.dk_s.head * eb);
+  g.dv = advance(p.dv, kv0 * p.dv_s.head * eb);
   g.lse = p.lse + h0 * p.lse_s[1];
   g.heads_kv = static_cast<int>(n);
   g.heads_q = static_cast<int>(n * p.group);
@@ -140,7 +138,7 @@ void flash_bwd(const Problem& pr, const TensorView& q, const TensorView& k, cons
   check_supported(pr, q, params);
   // delta is the least the backward runs with (the deterministic pass); backward_workspace_bytes
   // adds the dQ accumulator of the faster pass.
-  const int64_t delta_bytes = (pr.batch * pr.seq_q * pr.heads_q * 4 + 255) / 256 * 256;
+  const int64_t delta_bytes = backward_delta_bytes(pr.batch, pr.seq_q, pr.heads_q);
   if (params.workspace == nullptr || params.workspace_bytes < delta_bytes) {
     throw Error(fmt::format("params.workspace: CUDA backward needs {} bytes of device workspace "
                             "(backward_workspace_bytes(q) = {} for the fastest pass), given {} bytes at {}",
