@@ -2,6 +2,7 @@
 // with them, presets, describe(), reproducible random blocks, and errors for bad masks.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 
 #include "attnkit/attnkit.h"
@@ -80,6 +81,34 @@ TEST_P(MaskParts, FillAgreesWithElementPredicate) {
           ASSERT_EQ(tile[r * ld + c], m.keep(0, 1, q0 + c, k0 + r, nq, nk)) << GetParam().name << " " << q0 + c << "," << k0 + r;
         }
       }
+  }
+}
+
+// band() is exact where it answers: over the tile, keep() is the band's predicate. Every tile
+// of a sweep is asked; windows (also in unions and intersections) must answer somewhere.
+TEST_P(MaskParts, BandAgreesWithElementPredicate) {
+  const Mask& m = GetParam().mask;
+  const int64_t nq = 40, nk = 48;
+  int64_t answered = 0;
+  for (int64_t h = 0; h < 2; ++h)
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{8, 8}, {5, 13}, {16, 4}})
+      for (int64_t q0 = 0; q0 < nq; q0 += cols)
+        for (int64_t k0 = 0; k0 < nk; k0 += rows) {
+          const int64_t r = std::min(rows, nk - k0), c = std::min(cols, nq - q0);
+          const std::optional<MaskBand> band = m.band(0, h, nq, nk, q0, k0, r, c);
+          if (!band) continue;
+          ++answered;
+          for (int64_t i = q0; i < q0 + c; ++i)
+            for (int64_t j = k0; j < k0 + r; ++j) {
+              const int64_t p = i + nk - nq;
+              ASSERT_EQ(m.keep(0, h, i, j, nq, nk), j >= p - band->left && j <= p + band->right)
+                  << GetParam().name << " head " << h << " tile " << q0 << "," << k0 << " pair " << i << "," << j;
+            }
+        }
+  const std::string name = GetParam().name;
+  if (name == "all" || name == "causal" || name == "window" || name == "sliding_window" || name == "and_or" ||
+      name == "longformer" || name == "bigbird" || name == "per_head") {
+    EXPECT_GT(answered, 0) << name << ": no tile recognized as a band";
   }
 }
 

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,13 @@ namespace attnkit {
 using MaskPredicate = std::function<bool(int64_t b, int64_t h, int64_t i, int64_t j)>;
 
 enum class BlockKind : uint8_t { empty, partial, full };
+
+// A band of offsets: query position p keeps key j when p − left <= j <= p + right; a side of
+// kUnbounded has no limit.
+struct MaskBand {
+  static constexpr int64_t kUnbounded = int64_t{1} << 60;
+  int64_t left = kUnbounded, right = kUnbounded;
+};
 
 // Compressed rows: the key blocks of query block r are entries [row_begin[r], row_begin[r + 1]).
 struct BlockLayout {
@@ -89,6 +97,12 @@ class Mask {
   // out[r · ld + c] = keep(b, h, q0 + c, k0 + r) for r < rows, c < cols, as 0 or 1.
   void fill(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows, int64_t cols,
             uint8_t* out, int64_t ld) const;
+  // The band that the mask equals over the tile of queries [q0, q0 + cols) and keys
+  // [k0, k0 + rows), when it can tell without evaluating pairs: a window's edge tile, also
+  // inside unions with globals or random blocks that keep nothing there. Kernels then mask
+  // the tile arithmetically instead of filling it. nullopt: not a band, or not known cheaply.
+  std::optional<MaskBand> band(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows,
+                               int64_t cols) const;
   // Classifies every block of the call; see BlockLayout.
   BlockLayout compile(int64_t nq, int64_t nk, int64_t block_q, int64_t block_k, int64_t h = 0,
                       int64_t b = 0) const;

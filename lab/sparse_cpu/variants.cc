@@ -16,6 +16,7 @@ LAB_VARIANT(lab02b)
 LAB_VARIANT(lab04)
 LAB_VARIANT(lab05)
 LAB_VARIANT(lab06)
+LAB_VARIANT(lab07)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -23,5 +24,6 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"03", &cpu::lab03::flash_fwd}, {"02b", &cpu::lab02b::flash_fwd},
           {"04", &cpu::lab04::flash_fwd},
           {"05", &cpu::lab05::flash_fwd},
-          {"06", &cpu::lab06::flash_fwd}}; }
+          {"06", &cpu::lab06::flash_fwd},
+          {"07", &cpu::lab07::flash_fwd}}; }
 }  // namespace attnkit::lab

@@ -7,6 +7,8 @@
 //   classify(i_lo..i_hi, j_lo..j_hi)  empty / partial / full over a rectangle. It may answer
 //                              partial for a rectangle that is in fact empty or full (the kernel
 //                              then does useless but correct work); empty and full must be exact.
+//   band(rectangle)            the band of offsets the part equals over a rectangle, if it can
+//                              tell from classify() alone (exact when given; nullopt is safe).
 #include "attnkit/mask.h"
 
 #include <fmt/format.h>
@@ -34,6 +36,11 @@ struct Mask::Node {
   virtual void fill(const Call& c, int64_t q0, int64_t k0, int64_t rows, int64_t cols, uint8_t* out,
                     int64_t ld) const = 0;
   virtual BlockKind classify(const Call& c, const Rect& r) const = 0;
+  // By default, a rectangle the part keeps whole is an unbounded band.
+  virtual std::optional<MaskBand> band(const Call& c, const Rect& r) const {
+    if (cheap_classify() && classify(c, r) == BlockKind::full) return MaskBand{};
+    return std::nullopt;
+  }
   // classify() of every key block of one row of blocks: out[kb] for the rectangles
   // [i_lo, i_hi) × [kb · block_k, min(nk, (kb + 1) · block_k)). Parts whose classification has a
   // per-row cost (random blocks draw their sets) override it to pay that cost once per row.
@@ -113,6 +120,7 @@ struct WindowNode final : OffsetNode<WindowNode> {
     if (hi < -right || lo > left) return BlockKind::empty;
     return lo >= -right && hi <= left ? BlockKind::full : BlockKind::partial;
   }
+  std::optional<MaskBand> band(const Call&, const Rect&) const override { return MaskBand{left, right}; }
   void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
     const int64_t kblocks = (c.nk + block_k - 1) / block_k;
     for (int64_t kb = 0; kb < kblocks; ++kb) {  // classify() of a final class: no virtual calls
@@ -123,7 +131,7 @@ struct WindowNode final : OffsetNode<WindowNode> {
     if (left == kOpen && right == 0) return "causal";
     return fmt::format("window({}, {})", left == kOpen ? -1 : left, right);
   }
-  static constexpr int64_t kOpen = int64_t{1} << 60;  // an unbounded side
+  static constexpr int64_t kOpen = MaskBand::kUnbounded;  // an unbounded side
 };
 
 struct DilatedNode final : OffsetNode<DilatedNode> {
@@ -408,6 +416,7 @@ struct PerHeadNode final : Node {
     at(c).fill(c, q0, k0, rows, cols, out, ld);
   }
   BlockKind classify(const Call& c, const Rect& r) const override { return at(c).classify(c, r); }
+  std::optional<MaskBand> band(const Call& c, const Rect& r) const override { return at(c).band(c, r); }
   void classify_row(const Call& c, int64_t i_lo, int64_t i_hi, int64_t block_k, BlockKind* out) const override {
     at(c).classify_row(c, i_lo, i_hi, block_k, out);
   }
@@ -480,6 +489,24 @@ struct BinaryNode final : Node {
         for (int64_t col = 0; col < cols; ++col) o[col] |= x[col];
       }
     }
+  }
+  // An operand that decides the rectangle (and: empty, or: full) leaves no band but the whole
+  // one; an operand that defers to the other (and: full, or: empty) leaves the other's band;
+  // two bands intersect into one.
+  std::optional<MaskBand> band(const Call& c, const Rect& r) const override {
+    if (window != nullptr) return window->band(c, r);
+    if (!cheap) return std::nullopt;
+    const BlockKind decides = is_and ? BlockKind::empty : BlockKind::full;
+    const BlockKind defers = is_and ? BlockKind::full : BlockKind::empty;
+    const BlockKind x = a->classify(c, r);
+    if (x == defers) return b->band(c, r);
+    const BlockKind y = x == decides ? x : b->classify(c, r);
+    if (x == decides || y == decides) return is_and ? std::nullopt : std::optional<MaskBand>(MaskBand{});
+    if (y == defers) return a->band(c, r);
+    if (!is_and) return std::nullopt;
+    const std::optional<MaskBand> ba = a->band(c, r), bb = b->band(c, r);
+    if (!ba || !bb) return std::nullopt;
+    return MaskBand{std::min(ba->left, bb->left), std::min(ba->right, bb->right)};
   }
   BlockKind classify(const Call& c, const Rect& r) const override {
     const BlockKind x = a->classify(c, r);
@@ -614,6 +641,12 @@ bool Mask::keep(int64_t b, int64_t h, int64_t i, int64_t j, int64_t nq, int64_t 
 void Mask::fill(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows, int64_t cols,
                 uint8_t* out, int64_t ld) const {
   node_->fill({b, h, nq, nk}, q0, k0, rows, cols, out, ld);
+}
+
+std::optional<MaskBand> Mask::band(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows,
+                                   int64_t cols) const {
+  if (rows <= 0 || cols <= 0) return std::nullopt;
+  return node_->band({b, h, nq, nk}, {q0, q0 + cols, k0, k0 + rows});
 }
 
 BlockLayout Mask::compile(int64_t nq, int64_t nk, int64_t block_q, int64_t block_k, int64_t h, int64_t b) const {

@@ -8,9 +8,12 @@
 //   m, l, alpha  online softmax per query      st becomes P = 2^(st − m)
 //   o  = alpha ∘ o + Pᵀ V_tile                o  : [kBq][Dp]
 // and finally out = o / l, lse = (m + log2 l) · ln2. A key tile that only one half keeps is
-// computed over that half's 64 columns; a partial tile (the mask's element predicate applies)
-// strip by strip of 16 query columns, each over its own kept key rows, so that a window's
-// triangles, global rows and global columns cost about the pairs they keep.
+// computed over that half's 64 columns; a partial tile strip by strip of 16 query columns, each
+// over its own kept key rows, so that a window's triangles, global rows and global columns cost
+// about the pairs they keep. Where the mask is a band over the tile (a window's edges, also in
+// unions with globals or random blocks that keep nothing there: Mask::band), a strip's rows
+// come from the band and its logits are masked arithmetically; elsewhere the mask's element
+// predicate fills a byte mask that is scanned for the rows and applied.
 //
 // Threads take chunks: a run of query tiles of one sequence and KV head, for every query head
 // of the KV group. K and V rows lie H·D apart (read in place they fall into the same L1 sets),
@@ -333,6 +336,46 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     if (t.kind != TileKind::masked) {
       const float* kp = PackedTile(k, v, sq, hk, D, Dp, t.kb, c);
       ComputeBlock(kp, kp + kBk * Dp, D, Dp, nq, 0, nk, c0, c1w, shape, s);
+      continue;
+    }
+    // Partial halves over which the mask is a band: each strip of W columns over the key rows
+    // its band reaches, masked arithmetically; a full half in one block.
+    std::optional<MaskBand> bands[2];
+    bool banded = true;
+    for (int64_t half = c0 / kHalf; half * kHalf < c1; ++half) {
+      const int64_t hb = half * kHalf, he = std::min(c1, hb + kHalf);
+      if (t.partial & (1 << half)) {
+        bands[half] = plan->mask.band(seq, h, sq.nq, sq.nk, i0 + hb, j0, nk, he - hb);
+        banded = banded && bands[half].has_value();
+      }
+    }
+    if (banded) {
+      const float* kp = PackedTile(k, v, sq, hk, D, Dp, t.kb, c);
+      for (int64_t half = c0 / kHalf; half * kHalf < c1; ++half) {
+        const int64_t hb = half * kHalf, he = std::min(c1, hb + kHalf), hew = std::min(c1w, hb + kHalf);
+        if (!(t.partial & (1 << half))) {
+          ComputeBlock(kp, kp + kBk * Dp, D, Dp, nq, 0, nk, hb, hew, shape, s);
+          continue;
+        }
+        TileLogits bs = shape;
+        bs.band = true;
+        bs.band_left = bands[half]->left;
+        bs.band_right = bands[half]->right;
+        // Strip [x0, x1) of queries keeps keys [x0 + diag − left, x1 − 1 + diag + right].
+        const auto rows_of = [&](int64_t x) {
+          const int64_t qa = i0 + x, qb = i0 + std::min(x + W, he) - 1;
+          const int64_t lo = qa + sq.nk - sq.nq - std::min(bs.band_left, sq.nk) - j0;
+          const int64_t hi = qb + sq.nk - sq.nq + std::min(bs.band_right, sq.nk) - j0 + 1;
+          return std::pair<int64_t, int64_t>{std::clamp<int64_t>(lo, 0, nk), std::clamp<int64_t>(hi, 0, nk)};
+        };
+        for (int64_t x = hb; x < he;) {
+          const auto [lo, hi] = rows_of(x);
+          int64_t e = x + W;
+          while (e < he && rows_of(e) == std::pair<int64_t, int64_t>{lo, hi}) e += W;
+          if (lo < hi) ComputeBlock(kp, kp + kBk * Dp, D, Dp, nq, lo, hi, x, std::min(e, hew), bs, s);
+          x = e;
+        }
+      }
       continue;
     }
     // keep[r][i]: the mask's element predicate on partial halves, 1 on a full half, 0 past nq.
