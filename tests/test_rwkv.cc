@@ -128,8 +128,10 @@ TEST_P(Wkv4, BackwardMatchesReference) {
   wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view, dw.view, du.view, dk.view, dv.view);
   const ref::Wkv4GradsRef r = ref::wkv4_backward(in.w.view, in.u.view, in.k.view, in.v.view, in.dy.view);
   const double tol = tol4(c, true);
-  expect_close(dw, r.dw, tol, c.name + " dw");
-  expect_close(du, r.du, tol, c.name + " du");
+  // dw and du sum terms of both signs over every token; with fast decays the sum can be far
+  // below its terms (seen: dw 8e-4 of its terms' size; f32 error 2.3e-4 of dw, 1.8e-7 of the terms).
+  expect_close_to_sum(dw, r.dw, r.dw_terms, tol, c.name + " dw");
+  expect_close_to_sum(du, r.du, r.du_terms, tol, c.name + " du");
   expect_close(dk, r.dk, tol, c.name + " dk");
   expect_close(dv, r.dv, tol, c.name + " dv");
 }

@@ -141,6 +141,22 @@ void expect_close(const HostTensor& t, const std::vector<double>& ref, double to
   }
 }
 
+void expect_close_to_sum(const HostTensor& t, const std::vector<double>& ref, const std::vector<double>& terms,
+                         double tol, const std::string& what) {
+  const Errors e = compare(t, ref, what);
+  EXPECT_EQ(e.nonfinite, 0) << what;
+  EXPECT_GT(e.compared, 0) << what;
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double d = t.get(i) - ref[i];
+    num += d * d;
+    den += terms[i] * terms[i];
+  }
+  const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  EXPECT_LT(rel, tol) << what << ": error " << std::sqrt(num) << " relative to the terms' size " << std::sqrt(den)
+                      << " (relative to the sums: " << e.rel << ")";
+}
+
 double tolerance(DType t, bool backward) {
   if (t == DType::f32) return backward ? 1e-4 : 1e-5;
   return 1e-2;

@@ -54,6 +54,10 @@ Errors compare(const HostTensor& t, const std::vector<double>& ref, const std::s
 
 // Expects rel < tol and no non-finite element.
 void expect_close(const HostTensor& t, const std::vector<double>& ref, double tol, const std::string& what);
+// For sums whose terms may cancel: the error's norm against tol × the norm of terms[i] = Σ |term|
+// of element i (>= |ref[i]|), the size that f32 rounding of the sum scales with.
+void expect_close_to_sum(const HostTensor& t, const std::vector<double>& ref, const std::vector<double>& terms,
+                         double tol, const std::string& what);
 
 double tolerance(DType t, bool backward);
 

@@ -126,6 +126,8 @@ Wkv4GradsRef wkv4_backward(const TensorView& w, const TensorView& u, const Tenso
   Wkv4GradsRef g;
   g.dw.assign(C, 0.0);
   g.du.assign(C, 0.0);
+  g.dw_terms.assign(C, 0.0);
+  g.du_terms.assign(C, 0.0);
   g.dk.assign(B * T * C, 0.0);
   g.dv.assign(B * T * C, 0.0);
   std::vector<double> e(T), p(T);
@@ -149,8 +151,10 @@ Wkv4GradsRef wkv4_backward(const TensorView& w, const TensorView& u, const Tenso
           g.dk[(b * T + i) * C + c] += ge;
           if (i < t) {
             g.dw[c] -= ge * (t - 1 - i);
+            g.dw_terms[c] += std::abs(ge * (t - 1 - i));
           } else {
             g.du[c] += ge;
+            g.du_terms[c] += std::abs(ge);
           }
         }
       }

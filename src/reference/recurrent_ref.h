@@ -20,6 +20,9 @@ ScanGradsRef scan_backward(const ScanInputs& in, const TensorView& dout);
 std::vector<double> wkv4_forward(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v);
 struct Wkv4GradsRef {
   std::vector<double> dw, du, dk, dv;
+  // Σ |term| of each channel's dw and du sums: where the terms cancel, f32 rounding is bounded
+  // by these rather than by the sums.
+  std::vector<double> dw_terms, du_terms;
 };
 Wkv4GradsRef wkv4_backward(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
                            const TensorView& dy);
