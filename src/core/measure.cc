@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,13 @@ extern "C" char* openblas_get_corename(void);
 
 namespace attnkit::measure {
 
+namespace {
+double median_of(std::vector<double> x) {
+  std::sort(x.begin(), x.end());
+  return x.size() % 2 ? x[x.size() / 2] : 0.5 * (x[x.size() / 2 - 1] + x[x.size() / 2]);
+}
+}  // namespace
+
 Timing time_median(const std::function<void()>& fn, int warmup, int min_runs, double min_seconds, int max_runs) {
   using clock = std::chrono::steady_clock;
   for (int i = 0; i < warmup; ++i) fn();
@@ -34,11 +42,10 @@ Timing time_median(const std::function<void()>& fn, int warmup, int min_runs, do
     t.push_back(std::chrono::duration<double>(t1 - t0).count());
     if (static_cast<int>(t.size()) >= min_runs && std::chrono::duration<double>(t1 - start).count() >= min_seconds) break;
   }
-  std::sort(t.begin(), t.end());
   Timing r;
   r.runs = static_cast<int>(t.size());
-  r.min_s = t.front();
-  r.median_s = t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+  r.min_s = *std::min_element(t.begin(), t.end());
+  r.median_s = median_of(t);
   return r;
 }
 
@@ -107,25 +114,66 @@ double sgemm_gflops(int64_t n) {
   return 2.0 * n * n * n / t.median_s * 1e-9;
 }
 
-double memcpy_gbps(int64_t bytes) {
-  ThreadPool& tp = pool();
-  const int64_t parts = tp.size();
-  // The same kind of memory as the KV-cache pool (huge pages where offered), both buffers touched.
+CopyProbe::CopyProbe(int64_t bytes) : bytes_(bytes) {
   const auto n = static_cast<size_t>(bytes);
-  const std::unique_ptr<char, std::function<void(char*)>> src(static_cast<char*>(detail::allocate_zeroed(n)),
-                                                              [n](char* p) { detail::free_zeroed(p, n); });
-  const std::unique_ptr<char, std::function<void(char*)>> dst(static_cast<char*>(detail::allocate_zeroed(n)),
-                                                              [n](char* p) { detail::free_zeroed(p, n); });
-  if (!src || !dst) throw Error(fmt::format("memcpy_gbps: could not allocate two buffers of {} bytes", bytes));
-  std::memset(src.get(), 1, n);
-  std::memset(dst.get(), 0, n);
-  const int64_t chunk = bytes / parts;
-  const Timing t = time_median(
-      [&] {
-        tp.parallel_for(parts, [&](int64_t p, int) { std::memcpy(dst.get() + p * chunk, src.get() + p * chunk, chunk); });
-      },
-      1, 5, 0.5);
-  return 2.0 * static_cast<double>(chunk * parts) / t.median_s * 1e-9;
+  src_ = static_cast<char*>(detail::allocate_zeroed(n));
+  dst_ = static_cast<char*>(detail::allocate_zeroed(n));
+  if (src_ == nullptr || dst_ == nullptr) {
+    if (src_ != nullptr) detail::free_zeroed(src_, n);
+    if (dst_ != nullptr) detail::free_zeroed(dst_, n);
+    throw Error(fmt::format("memcpy bandwidth: could not allocate two buffers of {} bytes", bytes));
+  }
+  std::memset(src_, 1, n);  // both buffers touched: no page faults in the timings
+  std::memset(dst_, 0, n);
+}
+
+CopyProbe::~CopyProbe() {
+  detail::free_zeroed(src_, static_cast<size_t>(bytes_));
+  detail::free_zeroed(dst_, static_cast<size_t>(bytes_));
+}
+
+double CopyProbe::once_gbps() {
+  ThreadPool& tp = pool();
+  const int64_t parts = tp.size(), chunk = bytes_ / parts;
+  const auto t0 = std::chrono::steady_clock::now();
+  tp.parallel_for(parts, [&](int64_t p, int) { std::memcpy(dst_ + p * chunk, src_ + p * chunk, chunk); });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * static_cast<double>(chunk * parts) / s * 1e-9;
+}
+
+double memcpy_gbps(int64_t bytes) {
+  CopyProbe probe(bytes);
+  std::vector<double> g;
+  probe.once_gbps();  // warm-up
+  const auto start = std::chrono::steady_clock::now();
+  while (g.size() < 5 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 0.5) {
+    g.push_back(probe.once_gbps());
+  }
+  return median_of(g);
+}
+
+AgainstCopy time_against_copy(const std::function<void()>& fn, CopyProbe& probe, int warmup, int min_rounds,
+                              double min_seconds) {
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < warmup; ++i) {
+    probe.once_gbps();
+    fn();
+  }
+  std::vector<double> t, g;
+  const auto start = clock::now();
+  while (static_cast<int>(t.size()) < min_rounds ||
+         std::chrono::duration<double>(clock::now() - start).count() < min_seconds) {
+    g.push_back(probe.once_gbps());
+    const auto t0 = clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  AgainstCopy r;
+  r.fn.runs = static_cast<int>(t.size());
+  r.fn.min_s = *std::min_element(t.begin(), t.end());
+  r.fn.median_s = median_of(t);
+  r.copy_gbps = median_of(g);
+  return r;
 }
 
 std::string cpu_name() {

@@ -47,6 +47,32 @@ double sgemm_gflops(int64_t n = 2048);
 // memcpy bandwidth in GB/s counting bytes read plus bytes written, on all cores.
 double memcpy_gbps(int64_t bytes = int64_t{256} << 20);
 
+// Two buffers of `bytes` (the KV-cache pool's kind of memory) kept for repeated memcpy
+// timings, so that a bandwidth reference can be sampled between the timings it is compared
+// with: on a shared machine, one sample at the start of a run may catch another moment.
+class CopyProbe {
+ public:
+  explicit CopyProbe(int64_t bytes = int64_t{256} << 20);
+  ~CopyProbe();
+  CopyProbe(const CopyProbe&) = delete;
+  CopyProbe& operator=(const CopyProbe&) = delete;
+  // One copy on all cores; bytes read plus written per second, in GB/s.
+  double once_gbps();
+
+ private:
+  int64_t bytes_;
+  char *src_, *dst_;
+};
+
+// fn timed in rounds interleaved with one copy of probe each (copy, then fn): `warmup` rounds,
+// then at least min_rounds and until min_seconds have passed. Medians of both.
+struct AgainstCopy {
+  Timing fn;
+  double copy_gbps = 0;  // median of the rounds' copies
+};
+AgainstCopy time_against_copy(const std::function<void()>& fn, CopyProbe& probe, int warmup = 2, int min_rounds = 10,
+                              double min_seconds = 2.0);
+
 std::string cpu_name();
 
 }  // namespace attnkit::measure
