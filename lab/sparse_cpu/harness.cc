@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
       {"strided", attnkit::sparse_transformer_strided(128, 64)},
       {"all", Mask()},
       {"window_sym", Mask::window(256, 256)},
+      // longformer's parts apart: its global key columns only, its global query rows only
+      {"win_gcols", Mask::window(256, 256) | (Mask::global(first_tokens(8)) & Mask::causal())},
+      {"win_grows", Mask::window(256, 256) | (Mask::global(first_tokens(8)) & Mask::window(0, int64_t{1} << 40))},
       {"window128", attnkit::sliding_window(128)},
       {"window2k", attnkit::sliding_window(2048)},  // longformer without its global tokens
       {"global_rows", Mask::window(256, 256) | Mask::predicate([](int64_t, int64_t, int64_t i, int64_t) { return i < 8; })},
