@@ -1,6 +1,9 @@
 // gemv (gemv.h): rows in blocks of kRowsPerItem over the pool's threads; each thread takes four
 // rows at a time with two accumulators each, so that eight independent FMA chains run over x.
-// The weights are read once, front to back within a block (the hardware prefetcher follows).
+// The weights are read once, front to back within a block. While four rows are read, the rows
+// kAheadRows further on are requested a line per step: four interleaved row streams are more
+// than the hardware prefetcher keeps ahead of (lab/decode_cpu 08: the 'small' decoder's step
+// 4-7 % faster).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/gemv.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -10,6 +13,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/gemv.h"
+#include "cpu/prefetch.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -19,9 +23,12 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // 64 rows of 512 floats: 128 KiB of weights per item, dozens of items per projection.
 constexpr int64_t kRowsPerItem = 64;
+constexpr int64_t kAheadRows = 8;
 
+// y[r] = w[r][:] · x for NR rows; `ahead` (or nullptr): NR rows to request meanwhile.
 template <int NR>
-HWY_INLINE void Rows(const float* HWY_RESTRICT w, int64_t in, const float* HWY_RESTRICT x, float* HWY_RESTRICT y) {
+HWY_INLINE void Rows(const float* HWY_RESTRICT w, int64_t in, const float* HWY_RESTRICT x, float* HWY_RESTRICT y,
+                     const float* ahead) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
@@ -30,6 +37,10 @@ HWY_INLINE void Rows(const float* HWY_RESTRICT w, int64_t in, const float* HWY_R
   int64_t i = 0;
   for (; i + 2 * L <= in; i += 2 * L) {
     const V x0 = hn::LoadU(df, x + i), x1 = hn::LoadU(df, x + i + L);
+    if (ahead != nullptr) {  // the same 2·L floats of each row ahead, a line at a time
+      for (int r = 0; r < NR; ++r)
+        for (int64_t f = 0; f < 2 * L; f += 16) prefetch_l1(ahead + r * in + i + f);
+    }
     for (int r = 0; r < NR; ++r) {
       a[r] = hn::MulAdd(hn::LoadU(df, w + r * in + i), x0, a[r]);
       b[r] = hn::MulAdd(hn::LoadU(df, w + r * in + i + L), x1, b[r]);
@@ -58,8 +69,10 @@ void Gemv(std::span<const GemvPart> parts, const float* x, int64_t in) {
     const GemvPart& part = parts[static_cast<size_t>(items[it].first)];
     const int64_t r0 = items[it].second, r1 = std::min(part.rows, r0 + kRowsPerItem);
     int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) Rows<4>(part.w + r * in, in, x, part.y + r);
-    for (; r < r1; ++r) Rows<1>(part.w + r * in, in, x, part.y + r);
+    for (; r + 4 <= r1; r += 4) {
+      Rows<4>(part.w + r * in, in, x, part.y + r, r + kAheadRows + 4 <= r1 ? part.w + (r + kAheadRows) * in : nullptr);
+    }
+    for (; r < r1; ++r) Rows<1>(part.w + r * in, in, x, part.y + r, nullptr);
   });
 }
 
