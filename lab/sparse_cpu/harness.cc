@@ -3,7 +3,7 @@
 // the same rounds; prints medians, t/(kept·d) and GFLOP/s on kept pairs, and checks every
 // variant's output against variant 00 (max abs difference).
 //   lab_sparse_cpu [--n 4096] [--threads 1] [--rounds 3] [--variants 00,01] [--presets a,b]
-//                  [--only] (skip dense: for profiling one variant)
+//                  [--only] (skip dense: for profiling one variant) [--wall] (wall clock)
 // f32, D = 64, B·H = 8, as bench_sparse.
 #include <fmt/format.h>
 
@@ -61,6 +61,7 @@ std::vector<std::string> split(const std::string& s) {
 int main(int argc, char** argv) {
   int64_t n = 4096;
   int threads = 1, rounds = 3;
+  bool wall = false;  // --wall: wall-clock time (load balance between threads shows) instead of CPU time
   bool only = false, huge = false;
   std::string variants = "00", preset_names = "window,random,longformer,bigbird,strided,all";
   for (int a = 1; a < argc; ++a) {
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
     else if (s == "--rounds") rounds = std::stoi(next());
     else if (s == "--variants") variants = next();
     else if (s == "--presets") preset_names = next();
+    else if (s == "--wall") wall = true;
     else if (s == "--only") only = true;
     else if (s == "--huge") huge = true;
     else if (s == "--chunks") attnkit::cpu::flash_fwd_tuning().chunks_per_thread = std::stoll(next());
@@ -127,9 +129,9 @@ int main(int argc, char** argv) {
   }
   // Process CPU seconds (all threads): the machine is shared, and this counts what the call
   // did rather than how long it waited for a core.
-  auto cpu_now = [] {
+  auto cpu_now = [&] {
     timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    clock_gettime(wall ? CLOCK_MONOTONIC : CLOCK_PROCESS_CPUTIME_ID, &ts);
     return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
   };
   auto time = [&](const std::function<void()>& fn) {

@@ -17,6 +17,7 @@ LAB_VARIANT(lab04)
 LAB_VARIANT(lab05)
 LAB_VARIANT(lab06)
 LAB_VARIANT(lab07)
+LAB_VARIANT(lab08)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -25,5 +26,6 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"04", &cpu::lab04::flash_fwd},
           {"05", &cpu::lab05::flash_fwd},
           {"06", &cpu::lab06::flash_fwd},
-          {"07", &cpu::lab07::flash_fwd}}; }
+          {"07", &cpu::lab07::flash_fwd},
+          {"08", &cpu::lab08::flash_fwd}}; }
 }  // namespace attnkit::lab
