@@ -18,6 +18,7 @@ LAB_VARIANT(lab05)
 LAB_VARIANT(lab06)
 LAB_VARIANT(lab07)
 LAB_VARIANT(lab08)
+LAB_VARIANT(lab09)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -27,5 +28,6 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"05", &cpu::lab05::flash_fwd},
           {"06", &cpu::lab06::flash_fwd},
           {"07", &cpu::lab07::flash_fwd},
-          {"08", &cpu::lab08::flash_fwd}}; }
+          {"08", &cpu::lab08::flash_fwd},
+          {"09", &cpu::lab09::flash_fwd}}; }
 }  // namespace attnkit::lab
