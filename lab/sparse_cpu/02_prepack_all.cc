@@ -185,7 +185,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& /*k*/
     TileProduct<Accum::overwrite>(rows, cols, {kp + r0 * Dp, Dp, 1}, s.qt + c0, bq, D, st, bq);
     TileLogits shape;
     shape.softcap = pr.softcap * kLog2e;
-    shape.causal_partial = t.kind == TileKind::causal;
+    if (t.kind == TileKind::causal) shape.band = MaskBand{MaskBand::kUnbounded, 0};
     shape.q_first = i0 + c0;
     shape.k_first = j0 + r0;
     shape.diag = diag;

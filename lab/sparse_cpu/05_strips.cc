@@ -268,7 +268,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const int64_t c1w = std::min(kBq, (c1 + W - 1) / W * W);  // whole column steps
     if (t.kind != TileKind::masked) {
       kp = PackedTile(k, v, sq, hk, D, Dp, t.kb, c);
-      shape.causal_partial = t.kind == TileKind::causal;
+      if (t.kind == TileKind::causal) shape.band = MaskBand{MaskBand::kUnbounded, 0};
       compute(0, nk, c0, c1w);
       continue;
     }

@@ -322,7 +322,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const int64_t c1w = std::min(kBq, (c1 + W - 1) / W * W);  // whole column steps
     TileLogits shape;
     shape.softcap = pr.softcap * kLog2e;
-    shape.causal_partial = t.kind == TileKind::causal;
+    if (t.kind == TileKind::causal) shape.band = MaskBand{MaskBand::kUnbounded, 0};
     shape.q_first = i0;
     shape.k_first = j0;
     shape.diag = sq.nk - sq.nq;

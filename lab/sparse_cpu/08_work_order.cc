@@ -334,7 +334,7 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
     const int64_t c1w = std::min(kBq, (c1 + W - 1) / W * W);  // whole column steps
     TileLogits shape;
     shape.softcap = pr.softcap * kLog2e;
-    shape.causal_partial = t.kind == TileKind::causal;
+    if (t.kind == TileKind::causal) shape.band = MaskBand{MaskBand::kUnbounded, 0};
     shape.q_first = i0;
     shape.k_first = j0;
     shape.diag = sq.nk - sq.nq;
@@ -363,14 +363,12 @@ void ForwardTile(const Problem& pr, const TensorView& q, const TensorView& k, co
           continue;
         }
         TileLogits bs = shape;
-        bs.band = true;
-        bs.band_left = bands[half]->left;
-        bs.band_right = bands[half]->right;
+        bs.band = bands[half];
         // Strip [x0, x1) of queries keeps keys [x0 + diag − left, x1 − 1 + diag + right].
         const auto rows_of = [&](int64_t x) {
           const int64_t qa = i0 + x, qb = i0 + std::min(x + W, he) - 1;
-          const int64_t lo = qa + sq.nk - sq.nq - std::min(bs.band_left, sq.nk) - j0;
-          const int64_t hi = qb + sq.nk - sq.nq + std::min(bs.band_right, sq.nk) - j0 + 1;
+          const int64_t lo = qa + sq.nk - sq.nq - std::min(bs.band->left, sq.nk) - j0;
+          const int64_t hi = qb + sq.nk - sq.nq + std::min(bs.band->right, sq.nk) - j0 + 1;
           return std::pair<int64_t, int64_t>{std::clamp<int64_t>(lo, 0, nk), std::clamp<int64_t>(hi, 0, nk)};
         };
         for (int64_t x = hb; x < he;) {

@@ -132,24 +132,24 @@ CopyProbe::~CopyProbe() {
   detail::free_zeroed(dst_, static_cast<size_t>(bytes_));
 }
 
-double CopyProbe::once_gbps() {
+void CopyProbe::copy() {
   ThreadPool& tp = pool();
   const int64_t parts = tp.size(), chunk = bytes_ / parts;
+  tp.parallel_for(parts, [&](int64_t p, int) {
+    std::memcpy(dst_ + p * chunk, src_ + p * chunk, p + 1 < parts ? chunk : bytes_ - p * chunk);
+  });
+}
+
+double CopyProbe::once_gbps() {
   const auto t0 = std::chrono::steady_clock::now();
-  tp.parallel_for(parts, [&](int64_t p, int) { std::memcpy(dst_ + p * chunk, src_ + p * chunk, chunk); });
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return 2.0 * static_cast<double>(chunk * parts) / s * 1e-9;
+  copy();
+  return 2.0 * static_cast<double>(bytes_) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() *
+         1e-9;
 }
 
 double memcpy_gbps(int64_t bytes) {
   CopyProbe probe(bytes);
-  std::vector<double> g;
-  probe.once_gbps();  // warm-up
-  const auto start = std::chrono::steady_clock::now();
-  while (g.size() < 5 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 0.5) {
-    g.push_back(probe.once_gbps());
-  }
-  return median_of(g);
+  return 2.0 * static_cast<double>(bytes) / time_median([&] { probe.copy(); }, 1, 5, 0.5).median_s * 1e-9;
 }
 
 AgainstCopy time_against_copy(const std::function<void()>& fn, CopyProbe& probe, int warmup, int min_rounds,

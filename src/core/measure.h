@@ -56,7 +56,9 @@ class CopyProbe {
   ~CopyProbe();
   CopyProbe(const CopyProbe&) = delete;
   CopyProbe& operator=(const CopyProbe&) = delete;
-  // One copy on all cores; bytes read plus written per second, in GB/s.
+  // One copy on all cores.
+  void copy();
+  // One timed copy: bytes read plus written per second, in GB/s.
   double once_gbps();
 
  private:

@@ -29,7 +29,6 @@
 #include "cpu/softmax-inl.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/cache_control.h"
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();

@@ -200,7 +200,7 @@ void FlashBackward(const Problem& pr, const TensorView& q, const TensorView& k, 
         TileProduct<Accum::overwrite>(nk, kBq, {kt, Dp, 1}, p.qt.get() + h * Dp * nqp + i0, nqp, D, s.st, kBq);
         TileLogits shape;
         shape.softcap = pr.softcap * kLog2e;
-        shape.causal_partial = kind == TileKind::causal;
+        if (kind == TileKind::causal) shape.band = MaskBand{MaskBand::kUnbounded, 0};
         shape.q_first = i0;
         shape.k_first = j0;
         shape.diag = diag;

@@ -15,6 +15,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
+
+#include "attnkit/mask.h"
 
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
@@ -50,21 +53,20 @@ HWY_INLINE V Exp2(DF df, V x) {
 // Which scores of a tile survive, and how logits are shaped before the softmax.
 struct TileLogits {
   float softcap = 0.0f;  // > 0: s = softcap · tanh(s / softcap), in the units s arrives in
-  bool causal_partial = false;  // some (query, key) pair of the tile is causally masked
-  int64_t q_first = 0;          // position of the tile's first query within its sequence
-  int64_t k_first = 0;          // position of the tile's first key
-  int64_t diag = 0;             // nk − nq: query i sees keys j <= i + diag
-  // A band of a sparse mask (MaskBand): query position p = i + diag keeps key j when
-  // p − band_left <= j <= p + band_right.
-  bool band = false;
-  int64_t band_left = 0, band_right = 0;
+  int64_t q_first = 0;   // position of the tile's first query within its sequence
+  int64_t k_first = 0;   // position of the tile's first key
+  int64_t diag = 0;      // nk − nq: query i sits at position p = i + diag
+  // Set when some pair of the tile lies outside a band: query position p keeps key j when
+  // p − left <= j <= p + right. The causal mask is {MaskBand::kUnbounded, 0}; a sparse mask's
+  // band comes from Mask::band.
+  std::optional<MaskBand> band;
   // Element mask of a partial tile of a sparse mask, keep[r · keep_ld + c] (0 drops the pair);
   // nullptr on full tiles, which skip element masking.
   const uint8_t* keep = nullptr;
   int64_t keep_ld = 0;
 };
 
-// Applies softcap, the causal mask, the band and the element mask to st[0..rows)[0..cols) in place.
+// Applies softcap, the band and the element mask to st[0..rows)[0..cols) in place.
 HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, int64_t cols, const TileLogits& t) {
   const hn::ScalableTag<float> df;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
@@ -77,17 +79,6 @@ HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, in
         hn::StoreU(hn::Mul(cap, hn::Tanh(df, hn::Mul(hn::LoadU(df, p), inv))), df, p);
       }
   }
-  if (t.causal_partial) {
-    for (int64_t r = 0; r < rows; ++r) {
-      // key j = k_first + r is visible to query i when i >= j − diag
-      const auto first_visible = hn::Set(df, static_cast<float>(t.k_first + r - t.diag));
-      for (int64_t c = 0; c < cols; c += L) {
-        float* p = st + r * ld + c;
-        const auto qi = hn::Iota(df, static_cast<float>(t.q_first + c));
-        hn::StoreU(hn::IfThenElse(hn::Ge(qi, first_visible), hn::LoadU(df, p), neg_inf), df, p);
-      }
-    }
-  }
   if (t.band) {
     // Bounds clamped to ±2^30 (an unbounded side) before they become floats; query indices
     // are exact in f32 below 2^24, as for the causal mask.
@@ -95,8 +86,8 @@ HWY_INLINE void ShapeLogits(float* HWY_RESTRICT st, int64_t ld, int64_t rows, in
     for (int64_t r = 0; r < rows; ++r) {
       // key j = k_first + r is kept by the queries i with j − right − diag <= i <= j + left − diag
       const int64_t j = t.k_first + r;
-      const auto lo = hn::Set(df, static_cast<float>(std::max(j - t.diag - std::min(t.band_right, kFar), -kFar)));
-      const auto hi = hn::Set(df, static_cast<float>(std::min(j - t.diag + std::min(t.band_left, kFar), kFar)));
+      const auto lo = hn::Set(df, static_cast<float>(std::max(j - t.diag - std::min(t.band->right, kFar), -kFar)));
+      const auto hi = hn::Set(df, static_cast<float>(std::min(j - t.diag + std::min(t.band->left, kFar), kFar)));
       for (int64_t c = 0; c < cols; c += L) {
         float* p = st + r * ld + c;
         const auto qi = hn::Iota(df, static_cast<float>(t.q_first + c));
