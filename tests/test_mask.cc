@@ -112,6 +112,35 @@ TEST_P(MaskParts, BandAgreesWithElementPredicate) {
   }
 }
 
+// classify() over rectangles (tiles, whole key rows of one query, single pairs): whatever it
+// calls empty or full agrees with the element predicate (partial may be conservative).
+TEST_P(MaskParts, ClassifyAgreesWithElementPredicate) {
+  const Mask& m = GetParam().mask;
+  const int64_t nq = 40, nk = 48;
+  int64_t decided = 0;
+  for (int64_t h = 0; h < 2; ++h)
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{8, 8}, {5, 13}, {nk, 1}, {1, 1}})
+      for (int64_t q0 = 0; q0 < nq; q0 += cols)
+        for (int64_t k0 = 0; k0 < nk; k0 += rows) {
+          const int64_t r = std::min(rows, nk - k0), c = std::min(cols, nq - q0);
+          const BlockKind kind = m.classify(0, h, nq, nk, q0, k0, r, c);
+          int64_t kept = 0;
+          for (int64_t i = q0; i < q0 + c; ++i)
+            for (int64_t j = k0; j < k0 + r; ++j) kept += m.keep(0, h, i, j, nq, nk);
+          const std::string where = GetParam().name + " head " + std::to_string(h) + " tile " + std::to_string(q0) +
+                                    "," + std::to_string(k0) + " " + std::to_string(c) + "x" + std::to_string(r);
+          if (kind == BlockKind::empty) {
+            EXPECT_EQ(kept, 0) << where;
+          }
+          if (kind == BlockKind::full) {
+            EXPECT_EQ(kept, r * c) << where;
+          }
+          decided += kind != BlockKind::partial;
+        }
+  EXPECT_GT(decided, 0) << GetParam().name;
+  EXPECT_EQ(m.classify(0, 0, nq, nk, 0, 0, 0, 4), BlockKind::empty);
+}
+
 // describe() counts the kept pairs exactly (bench_sparse's kept ratios and GFLOP/s rest on it).
 TEST_P(MaskParts, DescribeCountsKeptPairs) {
   const Mask& m = GetParam().mask;

@@ -103,6 +103,10 @@ class Mask {
   // the tile arithmetically instead of filling it. nullopt: not a band, or not known cheaply.
   std::optional<MaskBand> band(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows,
                                int64_t cols) const;
+  // How the mask covers the tile of queries [q0, q0 + cols) and keys [k0, k0 + rows): empty and
+  // full are exact; partial may also be the answer for a tile that is in fact empty or full.
+  BlockKind classify(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows,
+                     int64_t cols) const;
   // Classifies every block of the call; see BlockLayout.
   BlockLayout compile(int64_t nq, int64_t nk, int64_t block_q, int64_t block_k, int64_t h = 0,
                       int64_t b = 0) const;

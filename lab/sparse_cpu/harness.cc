@@ -4,6 +4,7 @@
 // variant's output against variant 00 (max abs difference).
 //   lab_sparse_cpu [--n 4096] [--threads 1] [--rounds 3] [--variants 00,01] [--presets a,b]
 //                  [--only] (skip dense: for profiling one variant) [--wall] (wall clock)
+//                  [--chunks 8] (FlashFwdTuning::chunks_per_thread, for dense and every variant)
 // f32, D = 64, B·H = 8, as bench_sparse.
 #include <fmt/format.h>
 
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
     else if (s == "--presets") preset_names = next();
     else if (s == "--wall") wall = true;
     else if (s == "--only") only = true;
+    else if (s == "--chunks") attnkit::cpu::flash_fwd_tuning().chunks_per_thread = std::stoi(next());
     else if (s == "--huge") huge = true;
     else if (s == "--chunks") attnkit::cpu::flash_fwd_tuning().chunks_per_thread = std::stoll(next());
   }

@@ -19,6 +19,10 @@ LAB_VARIANT(lab06)
 LAB_VARIANT(lab07)
 LAB_VARIANT(lab08)
 LAB_VARIANT(lab09)
+LAB_VARIANT(lab10)
+LAB_VARIANT(lab11)
+LAB_VARIANT(lab12)
+LAB_VARIANT(lab13)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -29,5 +33,9 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"06", &cpu::lab06::flash_fwd},
           {"07", &cpu::lab07::flash_fwd},
           {"08", &cpu::lab08::flash_fwd},
-          {"09", &cpu::lab09::flash_fwd}}; }
+          {"09", &cpu::lab09::flash_fwd},
+          {"10", &cpu::lab10::flash_fwd},
+          {"11", &cpu::lab11::flash_fwd},
+          {"12", &cpu::lab12::flash_fwd},
+          {"13", &cpu::lab13::flash_fwd}}; }
 }  // namespace attnkit::lab

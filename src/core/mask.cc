@@ -649,6 +649,12 @@ std::optional<MaskBand> Mask::band(int64_t b, int64_t h, int64_t nq, int64_t nk,
   return node_->band({b, h, nq, nk}, {q0, q0 + cols, k0, k0 + rows});
 }
 
+BlockKind Mask::classify(int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t q0, int64_t k0, int64_t rows,
+                         int64_t cols) const {
+  if (rows <= 0 || cols <= 0) return BlockKind::empty;
+  return node_->classify({b, h, nq, nk}, {q0, q0 + cols, k0, k0 + rows});
+}
+
 BlockLayout Mask::compile(int64_t nq, int64_t nk, int64_t block_q, int64_t block_k, int64_t h, int64_t b) const {
   BlockLayout lay;
   lay.seq_q = nq;
