@@ -23,6 +23,8 @@ LAB_VARIANT(lab10)
 LAB_VARIANT(lab11)
 LAB_VARIANT(lab12)
 LAB_VARIANT(lab13)
+LAB_VARIANT(lab14)
+LAB_VARIANT(lab15)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -37,5 +39,7 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"10", &cpu::lab10::flash_fwd},
           {"11", &cpu::lab11::flash_fwd},
           {"12", &cpu::lab12::flash_fwd},
-          {"13", &cpu::lab13::flash_fwd}}; }
+          {"13", &cpu::lab13::flash_fwd},
+          {"14", &cpu::lab14::flash_fwd},
+          {"15", &cpu::lab15::flash_fwd}}; }
 }  // namespace attnkit::lab
