@@ -1,7 +1,8 @@
-// Host launch of the GPU decode kernels (decode_sm90.cuh): runtime head_dim, dtype and rows per
-// item become template arguments here, and only here (10 decode instantiations: head_dim 64
-// and 128 with 8 or 16 rows, 256 with 8, each bf16 and f16; 2 combine), plus the device
-// queries that the partition needs (cached per device).
+// Host launch of the GPU decode kernels (decode_sm90.cuh): runtime head_dim, dtype, rows per
+// item and the parameter form (up to 64 or 1024 sequences) become template arguments here, and
+// only here (20 decode instantiations: head_dim 64 and 128 with 8 or 16 rows, 256 with 8, each
+// bf16 and f16, each parameter form; 4 combine), plus the device queries that the partition
+// needs (cached per device).
 #include <cuda_runtime.h>
 
 #include <array>
@@ -19,11 +20,11 @@ constexpr int kMaxDevices = 64;
 
 // The kernel, its dynamic shared-memory limit raised to the device's opt-in maximum once per
 // device (so that launches need no attribute call).
-template <int kD, bool kBf16, int kRT>
+template <int kD, bool kBf16, int kRT, int kSeqs>
 auto prepared_kernel() {
   static std::mutex mu;
   static std::array<bool, kMaxDevices> done{};
-  auto kernel = decode_kernel<kD, kBf16, kRT>;
+  auto kernel = decode_kernel<kD, kBf16, kRT, kSeqs>;
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   std::lock_guard<std::mutex> lock(mu);
@@ -36,22 +37,23 @@ auto prepared_kernel() {
   return kernel;
 }
 
-// Calls f(kernel) with the instantiation for the runtime arguments.
-template <typename F>
+// Calls f(kernel) with the instantiation for the runtime arguments, taking parameters of kSeqs
+// sequences.
+template <int kSeqs, typename F>
 void with_kernel(bool is_bf16, int head_dim, int row_tile_rows, F&& f) {
   auto pick = [&](auto dc) {
     constexpr int kD = decltype(dc)::value;
     if constexpr (kD == 256) {  // 16-row items would spill: head_dim 256 always takes 8 rows
       (void)row_tile_rows;
-      if (is_bf16) return f(prepared_kernel<kD, true, 1>());
-      return f(prepared_kernel<kD, false, 1>());
+      if (is_bf16) return f(prepared_kernel<kD, true, 1, kSeqs>());
+      return f(prepared_kernel<kD, false, 1, kSeqs>());
     } else {
       if (is_bf16) {
-        if (row_tile_rows == 8) return f(prepared_kernel<kD, true, 1>());
-        return f(prepared_kernel<kD, true, 2>());
+        if (row_tile_rows == 8) return f(prepared_kernel<kD, true, 1, kSeqs>());
+        return f(prepared_kernel<kD, true, 2, kSeqs>());
       }
-      if (row_tile_rows == 8) return f(prepared_kernel<kD, false, 1>());
-      return f(prepared_kernel<kD, false, 2>());
+      if (row_tile_rows == 8) return f(prepared_kernel<kD, false, 1, kSeqs>());
+      return f(prepared_kernel<kD, false, 2, kSeqs>());
     }
   };
   switch (head_dim) {
@@ -63,6 +65,37 @@ void with_kernel(bool is_bf16, int head_dim, int row_tile_rows, F&& f) {
 }
 
 int smem_bytes(int head_dim, int warps, int stages) { return warps * stages * 2 * 16 * head_dim * 2; }
+
+// The decode kernel and, when sequences span several CTAs, the combine kernel, with p's
+// parameters in the form of kSeqs sequences.
+template <int kSeqs>
+void launch_with(const DecodeParamsT<kSeqs>& p, bool is_bf16, int head_dim, int row_tile_rows, int units,
+                 int chunk_groups, bool combine, cudaStream_t st) {
+  const int smem = smem_bytes(head_dim, p.warps, p.stages);
+  const dim3 grid(units, chunk_groups, p.num_seqs);  // heads fastest: see decode_kernel
+  with_kernel<kSeqs>(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
+    kernel<<<grid, p.warps * 32, smem, st>>>(p);
+  });
+  check_cuda(cudaGetLastError(), "decode_kernel launch");
+  if (!combine) return;
+  // Sequences over several CTAs: their partial results merged by a programmatic dependent
+  // launch, whose CTAs are placed while decode_kernel runs and start merging as soon as it
+  // finishes, instead of after a launch gap.
+  const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(rows));
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e = is_bf16 ? cudaLaunchKernelEx(&cfg, decode_combine_kernel<true, kSeqs>, p, head_dim)
+                                : cudaLaunchKernelEx(&cfg, decode_combine_kernel<false, kSeqs>, p, head_dim);
+  check_cuda(e, "decode_combine_kernel launch");
+}
 
 }  // namespace
 
@@ -92,7 +125,7 @@ int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps,
   }
   const int smem = smem_bytes(head_dim, warps, stages);
   int n = 0;
-  with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
+  with_kernel<kMaxDecodeSeqs>(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, warps * 32, smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   });
@@ -104,22 +137,16 @@ int decode_ctas_per_sm(bool is_bf16, int head_dim, int row_tile_rows, int warps,
 void launch_decode(const DecodeKernelParams& p, bool is_bf16, int head_dim, int row_tile_rows, int units,
                    int chunk_groups, bool combine, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const int smem = smem_bytes(head_dim, p.warps, p.stages);
-  const dim3 grid(units, chunk_groups, p.num_seqs);  // heads fastest: see decode_kernel
-  with_kernel(is_bf16, head_dim, row_tile_rows, [&](auto kernel) {
-    kernel<<<grid, p.warps * 32, smem, st>>>(p);
-  });
-  check_cuda(cudaGetLastError(), "decode_kernel launch");
-  if (combine) {  // sequences over several CTAs: merge their partial results
-    const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
-    const dim3 cgrid(static_cast<unsigned>(rows));
-    if (is_bf16) {
-      decode_combine_kernel<true><<<cgrid, 128, 0, st>>>(p, head_dim);
-    } else {
-      decode_combine_kernel<false><<<cgrid, 128, 0, st>>>(p, head_dim);
-    }
-    check_cuda(cudaGetLastError(), "decode_combine_kernel launch");
+  if (p.num_seqs > kSmallDecodeSeqs) {
+    launch_with(p, is_bf16, head_dim, row_tile_rows, units, chunk_groups, combine, st);
+    return;
   }
+  DecodeParamsT<kSmallDecodeSeqs> small{};
+  static_cast<DecodeCommonParams&>(small) = p;
+  std::copy(p.key_begin, p.key_begin + p.num_seqs, small.key_begin);
+  std::copy(p.key_end, p.key_end + p.num_seqs, small.key_end);
+  std::copy(p.window, p.window + p.num_seqs, small.window);
+  launch_with(small, is_bf16, head_dim, row_tile_rows, units, chunk_groups, combine, st);
 }
 
 int pointer_location(const void* ptr) {

@@ -99,8 +99,8 @@ struct WarpState {
 
 // Streams keys [16·b_lo, 16·b_hi) ∩ [ck0, ck1) of (sequence s, KV head hk) through this warp's
 // pipeline into st (see the file header). stage0: this warp's `stages` stages.
-template <int kD, bool kBf16, int kRT>
-__device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, int hk, int rt, int b_lo, int b_hi,
+template <int kD, bool kBf16, int kRT, class P>
+__device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, int b_lo, int b_hi,
                                             int ck0, int ck1, uint16_t* stage0, WarpState<kD, kRT>& st) {
   using namespace decode_detail;
   constexpr int kNR = 8 * kRT;
@@ -122,30 +122,6 @@ __device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, 
       const int pos = kend - p.nq + rr / p.group;
       hi[i] = min(ck1, pos + 1);
       lo[i] = window > 0 ? max(ck0, pos - window + 1) : ck0;
-    }
-  }
-
-  // Q as A fragments of S = Q Kᵀ in the permuted d order; rows past p.rows are zero.
-  uint32_t qa[kD / 16][4];
-  {
-    const auto* q = static_cast<const uint16_t*>(p.q);
-    bool valid[2];
-    const uint16_t* qrow[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int rr = rt * kNR + g + 8 * i;
-      valid[i] = i < kRT && rr < p.rows;
-      const int tok = valid[i] ? rr / p.group : 0, head = valid[i] ? hk * p.group + rr % p.group : 0;
-      qrow[i] = q + s * p.q_s[0] + tok * p.q_s[1] + head * p.q_s[2];
-    }
-    const int64_t sd = p.q_s[3];
-#pragma unroll
-    for (int k = 0; k < kD / 16; ++k) {
-      const int d0 = 32 * (k / 2) + 8 * c + 4 * (k % 2);
-      qa[k][0] = load_pair(qrow[0] + d0 * sd, sd, valid[0]);
-      qa[k][1] = load_pair(qrow[1] + d0 * sd, sd, valid[1]);
-      qa[k][2] = load_pair(qrow[0] + (d0 + 2) * sd, sd, valid[0]);
-      qa[k][3] = load_pair(qrow[1] + (d0 + 2) * sd, sd, valid[1]);
     }
   }
 
@@ -178,9 +154,35 @@ __device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, 
     commit();
   };
 
+  // The first stages are requested before Q is loaded, so that their latency covers Q's.
   const int steps = b_hi - b_lo;
   for (int i = 0; i < ns - 1; ++i) issue(b_lo + i, page_of(b_lo + i), i);
   int next_phys = page_of(b_lo + ns - 1);
+
+  // Q as A fragments of S = Q Kᵀ in the permuted d order; rows past p.rows are zero.
+  uint32_t qa[kD / 16][4];
+  {
+    const auto* q = static_cast<const uint16_t*>(p.q);
+    bool valid[2];
+    const uint16_t* qrow[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int rr = rt * kNR + g + 8 * i;
+      valid[i] = i < kRT && rr < p.rows;
+      const int tok = valid[i] ? rr / p.group : 0, head = valid[i] ? hk * p.group + rr % p.group : 0;
+      qrow[i] = q + s * p.q_s[0] + tok * p.q_s[1] + head * p.q_s[2];
+    }
+    const int64_t sd = p.q_s[3];
+#pragma unroll
+    for (int k = 0; k < kD / 16; ++k) {
+      const int d0 = 32 * (k / 2) + 8 * c + 4 * (k % 2);
+      qa[k][0] = load_pair(qrow[0] + d0 * sd, sd, valid[0]);
+      qa[k][1] = load_pair(qrow[1] + d0 * sd, sd, valid[1]);
+      qa[k][2] = load_pair(qrow[0] + (d0 + 2) * sd, sd, valid[0]);
+      qa[k][3] = load_pair(qrow[1] + (d0 + 2) * sd, sd, valid[1]);
+    }
+  }
+
   const int sk = swz(g);                     // K rows g and 8 + g
   const int sv0 = 2 * c, sv1 = (2 * c) ^ 4;  // V rows 2c, 2c + 8 | 2c + 1, 2c + 9
 
@@ -302,8 +304,8 @@ __device__ __forceinline__ void stream_item(const DecodeKernelParams& p, int s, 
 // one barrier) and written to out. head_warps: grid = (ceil(heads_kv / warps) · row_tiles,
 // max_splits, num_seqs), warp w takes KV head x·warps + w of chunk y. Sequences of one chunk are
 // written directly; the others write partials for decode_combine_kernel.
-template <int kD, bool kBf16, int kRT>
-__global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeKernelParams p) {
+template <int kD, bool kBf16, int kRT, int kSeqs>
+__global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ DecodeParamsT<kSeqs> p) {
   using namespace decode_detail;
   constexpr int kNR = 8 * kRT;
   constexpr int kStage = 2 * 16 * kD;
@@ -314,6 +316,9 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
   const int g = lane >> 2, c = lane & 3;
   // x: KV head (or head group) × row tile, fastest, so that CTAs launched together read the
   // neighbouring head blocks of the same pages; y: chunk group; z: sequence.
+  // A combine kernel launched after this one (programmatic dependent launch) may start now: its
+  // CTAs wait in griddepcontrol.wait for this grid to finish, so its launch is not on the path.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int s = blockIdx.z, rt = blockIdx.x % p.row_tiles;
   // Warps of a CTA: consecutive chunks of one KV head, or (head_warps) one chunk of
   // consecutive KV heads, which read neighbouring blocks of the same pages.
@@ -445,13 +450,17 @@ __global__ void __launch_bounds__(256) decode_kernel(const __grid_constant__ Dec
 // CTAs, by log-sum-exp: one CTA of 4 warps a row; warp w sums chunks w, w + 4, ... (lanes over
 // head_dim, the loads of several chunks in flight), then the warps' sums meet in shared memory.
 // A NaN partial (a bad page-table entry) makes the row NaN.
-template <bool kBf16>
-__global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeKernelParams p, int head_dim) {
+template <bool kBf16, int kSeqs>
+__global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeParamsT<kSeqs> p,
+                                                             int head_dim) {
   using namespace decode_detail;
   constexpr int kWarps = 4;
   __shared__ float acc_s[kWarps][256];
   __shared__ float total_s[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // Launched as a programmatic dependent of decode_kernel: wait until that grid has finished and
+  // its partial results are visible (a no-op for an ordinary launch).
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   const int64_t row = blockIdx.x;
   const int64_t per_seq = int64_t{p.nq} * p.heads_q;
   const int s = static_cast<int>(row / per_seq);

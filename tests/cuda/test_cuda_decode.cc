@@ -186,9 +186,24 @@ TEST_P(CudaDecode, MatchesReference) {
   }
 }
 
+// n sequences of lengths 1..400 in a scattered order.
+std::vector<int64_t> many_lengths(int64_t n) {
+  std::vector<int64_t> l(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) l[i] = (97 * i + 13) % 400 + 1;
+  return l;
+}
+
 std::vector<Case> cases() {
   using KV = KVDType;
   return {
+      // 64 sequences take the kernels' small parameter form, 65 the large; with split chunks,
+      // both forms of the combine kernel.
+      {.name = "seqs64_small_params", .lengths = many_lengths(64), .Hq = 4, .Hkv = 1},
+      {.name = "seqs65_large_params", .lengths = many_lengths(65), .Hq = 4, .Hkv = 1},
+      {.name = "seqs64_combine", .lengths = many_lengths(64), .Hq = 4, .Hkv = 1,
+       .tuning = {.warps = 1, .stages = 2, .chunk_keys = 32}},
+      {.name = "seqs130_combine", .lengths = many_lengths(130), .Hq = 4, .Hkv = 1,
+       .tuning = {.warps = 1, .stages = 2, .chunk_keys = 32}},
       {.name = "single_token", .lengths = {1}, .Hq = 4, .Hkv = 1},
       {.name = "ragged_gqa4", .lengths = {1, 15, 16, 17, 100, 257, 1000, 3001}},
       {.name = "ragged_gqa4_f16", .lengths = {2, 31, 33, 640, 2049}, .dtype = KV::f16},
