@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "attnkit/attnkit.h"
@@ -57,7 +58,9 @@ double device_us_per_call(F&& f, int n = 256) {
   return t[t.size() / 2];
 }
 
-int main() {
+int main(int argc, char** argv) {
+  // `host_time S N`: that shape only, the automatic launch 20 times (for a profiler).
+  const bool one = argc == 3;
   const int64_t Hkv = 8, Hq = 32, D = 128, ps = 16;
   const int64_t max_pages = 32 * 1024 / ps + 8 * 2048 / ps;  // enough for every shape below
   const KVCacheConfig cfg{.num_layers = 1, .heads_kv = Hkv, .head_dim = D, .page_size = ps, .num_pages = 4096,
@@ -80,7 +83,9 @@ int main() {
   struct Shape {
     int64_t S, N;
   };
-  for (const Shape sh_in : {Shape{1, 256}, Shape{1, 4096}, Shape{8, 2048}, Shape{32, 256}, Shape{32, 1024}}) {
+  std::vector<Shape> shapes{{1, 256}, {1, 4096}, {8, 2048}, {32, 256}, {32, 1024}};
+  if (one) shapes = {{std::atoll(argv[1]), std::atoll(argv[2])}};
+  for (const Shape sh_in : shapes) {
     const int64_t S = sh_in.S, N = sh_in.N, per_seq = N / ps;
     std::vector<int32_t> host_table(static_cast<size_t>(S * per_seq));
     for (int64_t i = 0; i < S * per_seq; ++i) host_table[i] = static_cast<int32_t>(i % cfg.num_pages);
@@ -92,6 +97,11 @@ int main() {
     const TensorView tq(q, DType::bf16, {S, 1, Hq, D}, Device::cuda), to(out, DType::bf16, {S, 1, Hq, D}, Device::cuda);
     const TensorView tl(lse, DType::f32, {S, Hq, 1}, Device::cuda);
     DecodeParams params{.workspace = ws, .workspace_bytes = int64_t{64} << 20};
+    if (one) {
+      for (int i = 0; i < 20; ++i) run_decode(kv, plan, 0, tq, to, params, tl);
+      cudaDeviceSynchronize();
+      continue;
+    }
     const double host = us_per_call([&] { run_decode(kv, plan, 0, tq, to, params, tl); });
     const double bytes = 2.0 * S * N * Hkv * D * 2;
     std::printf("\nS = %lld, N = %lld (%.1f MB of K and V): host %.2f µs per run_decode; plan_decode %.2f µs\n",

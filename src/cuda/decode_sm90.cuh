@@ -455,7 +455,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
                                                              int head_dim) {
   using namespace decode_detail;
   constexpr int kWarps = 4;
-  __shared__ float acc_s[kWarps][256];
+  __shared__ __align__(16) float acc_s[kWarps][256];
   __shared__ float total_s[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // Launched as a programmatic dependent of decode_kernel: wait until that grid has finished and
@@ -482,23 +482,36 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
   nan = __syncthreads_or(nan);
   mx = fmaxf(fmaxf(total_s[0], total_s[1]), fmaxf(total_s[2], total_s[3]));
   __syncthreads();
-  float acc[8] = {};  // head_dim <= 256: 8 values per lane
+  // Lane l sums d = 4l + [0, 4) (and 128 + 4l + [0, 4) for head_dim 256) with 16-byte loads
+  // (part_o rows are 16-byte aligned when the workspace is: otherwise 4-byte loads), several
+  // chunks' loads in flight.
+  float4 acc[2] = {make_float4(0.0f, 0.0f, 0.0f, 0.0f), make_float4(0.0f, 0.0f, 0.0f, 0.0f)};
   float total = 0.0f;
+  const bool vec = (reinterpret_cast<uintptr_t>(p.part_o) & 15) == 0;
   if (mx != -INFINITY && !nan) {
-#pragma unroll 4
+#pragma unroll 8
     for (int k = warp; k < splits; k += kWarps) {
       const int64_t pr = first + k * per_seq;
       const float w = __expf(p.part_lse[pr] - mx);
       total += w;
       const float* po = p.part_o + pr * head_dim;
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        if (lane + 32 * i < head_dim) acc[i] += w * po[lane + 32 * i];
+      for (int i = 0; i < 2; ++i) {
+        const int d = 4 * lane + 128 * i;
+        if (d >= head_dim) continue;
+        const float4 x = vec ? *reinterpret_cast<const float4*>(po + d) : make_float4(po[d], po[d + 1], po[d + 2], po[d + 3]);
+        acc[i].x += w * x.x;
+        acc[i].y += w * x.y;
+        acc[i].z += w * x.z;
+        acc[i].w += w * x.w;
+      }
     }
   }
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
-    if (lane + 32 * i < head_dim) acc_s[warp][lane + 32 * i] = acc[i];
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    if (d < head_dim) *reinterpret_cast<float4*>(&acc_s[warp][d]) = acc[i];
+  }
   if (lane == 0) total_s[warp] = total;
   __syncthreads();
   total = total_s[0] + total_s[1] + total_s[2] + total_s[3];
