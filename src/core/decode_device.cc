@@ -182,13 +182,13 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   // dependent fetches (27 µs for one sequence of 256 keys) while most of the GPU idles. Below
   // kSmallDecodeBytes of K and V, chunks of 128, 64 or 32 keys are taken instead, the shortest
   // that keeps every warp of the call resident (8 a multiprocessor), at most 64 chunks a
-  // sequence and every CTA of 4 warps × 2 stages resident: 3× faster at 256 keys, 1.5–2× at
-  // 32 × 256 and 1 × 4096.
+  // sequence and every CTA of 4 warps × 2 stages resident: 2.6× faster at 1 × 256 keys, 1.5–2×
+  // at 1 × 4096 and 32 × 256.
   const bool automatic = tuning.warps == 0 && tuning.stages == 0 && tuning.chunk_keys == 0 && tuning.l2_prefetch < 0 &&
                          tuning.head_warps <= 0 && tuning.ctas_per_sm == 0;
   int64_t total_blocks = 0;
   for (int64_t b : blocks) total_blocks += b;
-  const double kv_bytes = 2.0 * static_cast<double>(total_blocks) * 16 * c.heads_kv * c.head_dim * 2;
+  const double kv_bytes = 2.0 * static_cast<double>(total_blocks) * 16 * c.heads_kv * c.head_dim * 2;  // bf16/f16
   if (automatic && !sh.head_warps && sh.chunk_blocks <= cuda::kDecodeMinChunkBlocks && kv_bytes < kSmallDecodeBytes) {
     const int64_t sms = cuda::current_device_sms();
     const int per_sm = cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, 4, 2);
