@@ -25,6 +25,8 @@ LAB_VARIANT(lab12)
 LAB_VARIANT(lab13)
 LAB_VARIANT(lab14)
 LAB_VARIANT(lab15)
+LAB_VARIANT(lab16)
+LAB_VARIANT(lab17)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -41,5 +43,7 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"12", &cpu::lab12::flash_fwd},
           {"13", &cpu::lab13::flash_fwd},
           {"14", &cpu::lab14::flash_fwd},
-          {"15", &cpu::lab15::flash_fwd}}; }
+          {"15", &cpu::lab15::flash_fwd},
+          {"16", &cpu::lab16::flash_fwd},
+          {"17", &cpu::lab17::flash_fwd}}; }
 }  // namespace attnkit::lab
