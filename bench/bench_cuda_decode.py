@@ -151,6 +151,19 @@ def torch_sdpa(q, k, v, backend):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
 
+def time_peers(q, k, v, ref, reps, backends):
+    """torch SDPA on each named backend: its error against ref and its time, or why it refused."""
+    peers = {}
+    for name, be in backends:
+        try:
+            o = torch_sdpa(q, k, v, be)
+            torch.cuda.synchronize()
+            peers[name] = dict(err=rel(o, ref), us=time_us(lambda: torch_sdpa(q, k, v, be), reps))
+        except RuntimeError as e:
+            peers[name] = dict(error=str(e).splitlines()[0][:200])
+    return peers
+
+
 def bench_shape(lib, B, N, reps, variants, gen):
     pool, table, k, v = paged(B, N, gen)
     q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -158,7 +171,7 @@ def bench_shape(lib, B, N, reps, variants, gen):
     out = torch.full_like(q_ours, float("nan"))
     lse = torch.full((B, HQ, 1), float("nan"), device="cuda")
     ref = reference(q, k, v)
-    r = dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2, peers={})
+    r = dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2)
     auto = Decode(lib, pool, table, [0] * B, [N] * B, 1)
     auto.run(q_ours, out, lse)
     torch.cuda.synchronize()
@@ -167,14 +180,9 @@ def bench_shape(lib, B, N, reps, variants, gen):
     r["ours_shape"] = auto.shape
     r["ours_us"] = time_us(lambda: auto.run(q_ours, out), reps)
     r["ours_us_again"] = time_us(lambda: auto.run(q_ours, out), reps)
-    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                     ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-        try:
-            o = torch_sdpa(q, k, v, be)
-            torch.cuda.synchronize()
-            r["peers"][name] = dict(err=rel(o, ref), us=time_us(lambda: torch_sdpa(q, k, v, be), reps))
-        except RuntimeError as e:
-            r["peers"][name] = dict(error=str(e).splitlines()[0][:200])
+    r["peers"] = time_peers(q, k, v, ref, reps, (("cudnn", SDPBackend.CUDNN_ATTENTION),
+                                                 ("flash", SDPBackend.FLASH_ATTENTION),
+                                                 ("efficient", SDPBackend.EFFICIENT_ATTENTION)))
     # The same pool read in other page orders: physical order (a fresh pool filled one sequence
     # at a time); interleaved (page i of sequence b at i·B + b: a fresh pool whose sequences grew
     # together, as KVCache hands out pages); random within each 2 MiB of pages (the translation
@@ -229,16 +237,10 @@ def small_shapes(lib, reps, gen):
         dec = Decode(lib, pool, table, [0] * B, [N] * B, 1)
         dec.run(q_ours, out)
         torch.cuda.synchronize()
-        r = dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2, shape=dec.shape, err=rel(out.transpose(1, 2), ref),
-                 us=time_us(lambda: dec.run(q_ours, out), reps), peers={})
-        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
-            try:
-                o = torch_sdpa(q, k, v, be)
-                torch.cuda.synchronize()
-                r["peers"][name] = dict(err=rel(o, ref), us=time_us(lambda: torch_sdpa(q, k, v, be), reps))
-            except RuntimeError as e:
-                r["peers"][name] = dict(error=str(e).splitlines()[0][:200])
-        rows.append(r)
+        rows.append(dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2, shape=dec.shape, err=rel(out.transpose(1, 2), ref),
+                         us=time_us(lambda: dec.run(q_ours, out), reps),
+                         peers=time_peers(q, k, v, ref, reps, (("cudnn", SDPBackend.CUDNN_ATTENTION),
+                                                               ("flash", SDPBackend.FLASH_ATTENTION)))))
         del dec, pool, table, k, v, ref
     torch.cuda.empty_cache()
     return rows

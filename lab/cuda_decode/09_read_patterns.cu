@@ -50,8 +50,19 @@ __device__ __forceinline__ const uint16_t* block_ptr(const uint16_t* pool, const
   return pool + phys * kPageElems + kv * H * kBlockElems + hk * kBlockElems;
 }
 
-template <int kStages>
-__global__ void __launch_bounds__(128) read_cpasync(const uint16_t* pool, const int* table, uint32_t* sink) {
+// The kernel's pointers, as its one parameter; BigParams adds 12 KiB to the parameter block (as
+// DecodeKernelParams' three 1024-entry per-sequence arrays did), unused by the kernel.
+struct Params {
+  const uint16_t* pool;
+  const int* table;
+  uint32_t* sink;
+};
+struct BigParams : Params {
+  int pad[3 * 1024];
+};
+
+template <int kStages, class P>
+__global__ void __launch_bounds__(128) read_cpasync(const __grid_constant__ P p) {
   extern __shared__ __align__(16) uint16_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int hk = blockIdx.x, s = blockIdx.z;
@@ -61,7 +72,7 @@ __global__ void __launch_bounds__(128) read_cpasync(const uint16_t* pool, const 
     if (i < kBlocksPerWarp) {
       uint16_t* st = ring + (i % kStages) * 2 * kBlockElems;
       for (int kv = 0; kv < 2; ++kv) {
-        const uint16_t* g = block_ptr(pool, table, s, hk, b0 + i, kv);
+        const uint16_t* g = block_ptr(p.pool, p.table, s, hk, b0 + i, kv);
 #pragma unroll
         for (int x = 0; x < 8; ++x) {
           const int off = (lane + 32 * x) * 8;
@@ -82,50 +93,6 @@ __global__ void __launch_bounds__(128) read_cpasync(const uint16_t* pool, const 
     acc ^= reinterpret_cast<const uint32_t*>(st)[lane] ^ reinterpret_cast<const uint32_t*>(st + kBlockElems)[lane];
     __syncwarp();
     issue(i + kStages - 1);
-  }
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-  if (acc == 0x12345678u) sink[0] = acc;
-}
-
-// The cpasync kernel with a 12 KiB parameter block (as DecodeKernelParams' per-sequence arrays).
-struct BigParams {
-  const uint16_t* pool;
-  const int* table;
-  uint32_t* sink;
-  int pad[3 * 1024];
-};
-__global__ void __launch_bounds__(128) read_cpasync_bigparams(const __grid_constant__ BigParams p) {
-  extern __shared__ __align__(16) uint16_t smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int hk = blockIdx.x, s = blockIdx.z;
-  constexpr int kStages = 2;
-  uint16_t* ring = smem + warp * kStages * 2 * kBlockElems;
-  const int b0 = warp * kBlocksPerWarp + p.pad[s] + p.pad[2048 + s];
-  auto issue = [&](int i) {
-    if (i < kBlocksPerWarp) {
-      uint16_t* st = ring + (i % kStages) * 2 * kBlockElems;
-      for (int kv = 0; kv < 2; ++kv) {
-        const uint16_t* g = block_ptr(p.pool, p.table, s, hk, b0 + i, kv);
-#pragma unroll
-        for (int x = 0; x < 8; ++x) {
-          const int off = (lane + 32 * x) * 8;
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(st + kv * kBlockElems + off)),
-                       "l"(g + off)
-                       : "memory");
-        }
-      }
-    }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-  };
-  issue(0);
-  uint32_t acc = 0;
-  for (int i = 0; i < kBlocksPerWarp; ++i) {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    __syncwarp();
-    const uint16_t* st = ring + (i % kStages) * 2 * kBlockElems;
-    acc ^= reinterpret_cast<const uint32_t*>(st)[lane] ^ reinterpret_cast<const uint32_t*>(st + kBlockElems)[lane];
-    __syncwarp();
-    issue(i + 1);
   }
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   if (acc == 0x12345678u) p.sink[0] = acc;
@@ -267,25 +234,22 @@ int main() {
       std::printf("%-9s %-10s %8.1f µs  %7.0f GB/s\n", name, what, us, bytes / us / 1e3);
     };
     const size_t smem2 = kWarps * 2 * 2 * kBlockElems * 2, smem3 = smem2 / 2 * 3, smem4 = smem2 * 2;
-    CK(cudaFuncSetAttribute(read_cpasync<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
-    CK(cudaFuncSetAttribute(read_cpasync<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
-    CK(cudaFuncSetAttribute(read_cpasync<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem4));
+    const Params pp{pool, table, sink};
+    static BigParams bp{};
+    static_cast<Params&>(bp) = pp;
+    CK(cudaFuncSetAttribute(read_cpasync<2, Params>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
+    CK(cudaFuncSetAttribute(read_cpasync<3, Params>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
+    CK(cudaFuncSetAttribute(read_cpasync<4, Params>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem4));
+    CK(cudaFuncSetAttribute(read_cpasync<2, BigParams>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
     CK(cudaFuncSetAttribute(read_bulk<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
     CK(cudaFuncSetAttribute(read_bulk<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
     CK(cudaFuncSetAttribute(read_bulk<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem4));
-    report("cpasync2", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(pool, table, sink); }));
-    {
-      static BigParams bp{};
-      bp.pool = pool;
-      bp.table = table;
-      bp.sink = sink;
-      CK(cudaFuncSetAttribute(read_cpasync_bigparams, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
-      report("cpasync2 12 KiB params", median_us([&] { read_cpasync_bigparams<<<grid, 128, smem2>>>(bp); }));
-      report("cpasync2 again", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(pool, table, sink); }));
-      report("12 KiB params again", median_us([&] { read_cpasync_bigparams<<<grid, 128, smem2>>>(bp); }));
-    }
-    report("cpasync3", median_us([&] { read_cpasync<3><<<grid, 128, smem3>>>(pool, table, sink); }));
-    report("cpasync4", median_us([&] { read_cpasync<4><<<grid, 128, smem4>>>(pool, table, sink); }));
+    report("cpasync2", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(pp); }));
+    report("cpasync2 12 KiB params", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(bp); }));
+    report("cpasync2 again", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(pp); }));
+    report("12 KiB params again", median_us([&] { read_cpasync<2><<<grid, 128, smem2>>>(bp); }));
+    report("cpasync3", median_us([&] { read_cpasync<3><<<grid, 128, smem3>>>(pp); }));
+    report("cpasync4", median_us([&] { read_cpasync<4><<<grid, 128, smem4>>>(pp); }));
     report("bulk2", median_us([&] { read_bulk<2><<<grid, 128, smem2>>>(pool, table, sink); }));
     report("bulk3", median_us([&] { read_bulk<3><<<grid, 128, smem3>>>(pool, table, sink); }));
     report("bulk4", median_us([&] { read_bulk<4><<<grid, 128, smem4>>>(pool, table, sink); }));

@@ -2,7 +2,8 @@
 // the key blocks only they keep), computed inside the tiled pass instead of a pass of their own:
 // each chunk runs them against the key tiles it owns (those on its diagonal) while the tile is
 // packed for its last visit of the chunk, so that no key tile is read again for them; the
-// chunks' partial results are merged by their log-sum-exp at the end.
+// chunks' partial results are merged by their log-sum-exp at the end. Variant 17 is the same
+// with groups of one vector of full rows (flash_fwd_narrow) instead of two.
 // Flash attention forward on the CPU: tiled online softmax (FlashAttention-2, Dao 2023,
 // Algorithm 1), Highway SIMD with runtime dispatch.
 //
@@ -50,6 +51,8 @@
 #endif
 
 #include "core/mask_plan.h"
+#include "lab/sparse_cpu/full_rows.h"
+#include "lab/sparse_cpu/tile_product_tail-inl.h"
 #include "core/thread_pool.h"
 #include "cpu/gemm_tile-inl.h"
 #include "cpu/kernels.h"
@@ -290,86 +293,9 @@ struct NextTile {
   int64_t h = -1, i0 = 0, nq = 0;  // h < 0: none
 };
 
-// Query rows that keep every key (a union's global query rows), per layout slot of the plan,
-// ascending: computed apart by FullRowsPass, in a pass over K and V shared by every head,
-// instead of making their 64-query half visit every key tile for a few rows.
-struct FullRows {
-  std::vector<std::vector<int32_t>> rows;  // [plan.layouts.size()]
-  bool any = false;
-};
+using attnkit::lab::FullRows;
+using attnkit::lab::SplitFullRows;
 
-// In each half of the layout (64 queries) that visits many key blocks: the rows that keep every
-// key, when there are at most `cap` of them and not every row is one; the key blocks that no
-// other row of the half keeps are dropped from the layout (their pairs are the full rows'), when
-// that drops at least half of the row's blocks.
-FullRows SplitFullRows(const Problem& pr, MaskPlan& plan, int64_t cap) {
-  constexpr int64_t kMinBlocks = 16;  // a half visiting fewer key blocks is left as it is
-  FullRows fr;
-  fr.rows.resize(plan.layouts.size());
-  const int64_t heads = plan.per_head ? plan.heads : 1;
-  for (size_t slot = 0; slot < plan.layouts.size(); ++slot) {
-    BlockLayout& lay = plan.layouts[slot];
-    const int64_t si = plan.per_seq ? static_cast<int64_t>(slot) / heads : 0, h = static_cast<int64_t>(slot) % heads;
-    const Sequence& sq = pr.seqs[static_cast<size_t>(si)];
-    const int64_t b = sq.batch, nq = sq.nq, nk = sq.nk;
-    const Mask& mk = plan.mask;
-    std::vector<uint8_t> drop(lay.key_block.size(), 0);
-    bool dropped = false;
-    for (int64_t qb = 0; qb < lay.q_blocks(); ++qb) {
-      const int64_t e0 = lay.row_begin[qb], e1 = lay.row_begin[qb + 1];
-      if (e1 - e0 < kMinBlocks) continue;
-      const int64_t q_lo = qb * lay.block_q, q_hi = std::min(nq, q_lo + lay.block_q);
-      if (mk.classify(b, h, nq, nk, q_lo, 0, nk, q_hi - q_lo) != BlockKind::partial) continue;
-      std::vector<int32_t> full;
-      for (int64_t r = q_lo; r < q_hi && static_cast<int64_t>(full.size()) <= cap; ++r) {
-        if (mk.classify(b, h, nq, nk, r, 0, nk, 1) == BlockKind::full) full.push_back(static_cast<int32_t>(r));
-      }
-      if (full.empty() || static_cast<int64_t>(full.size()) > cap) continue;
-      // The other rows, as runs [a, e).
-      std::vector<std::pair<int64_t, int64_t>> runs;
-      for (int64_t r = q_lo, f = 0; r < q_hi;) {
-        if (f < static_cast<int64_t>(full.size()) && full[f] == r) {
-          ++f, ++r;
-          continue;
-        }
-        const int64_t e = f < static_cast<int64_t>(full.size()) ? full[f] : q_hi;
-        runs.push_back({r, e});
-        r = e;
-      }
-      int64_t n_drop = 0;
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t j0 = int64_t{lay.key_block[e]} * lay.block_k, nj = std::min(lay.block_k, nk - j0);
-        bool empty = true;
-        for (const auto& [a, z] : runs) empty = empty && mk.classify(b, h, nq, nk, a, j0, nj, z - a) == BlockKind::empty;
-        drop[e] = empty;
-        n_drop += empty;
-      }
-      if (n_drop * 2 < e1 - e0) {
-        std::fill(drop.begin() + e0, drop.begin() + e1, uint8_t{0});
-        continue;
-      }
-      dropped = true;
-      fr.rows[slot].insert(fr.rows[slot].end(), full.begin(), full.end());
-    }
-    if (!dropped) continue;
-    fr.any = true;
-    std::vector<int64_t> row_begin{0};
-    std::vector<int32_t> key_block;
-    std::vector<uint8_t> partial;
-    for (int64_t qb = 0; qb < lay.q_blocks(); ++qb) {
-      for (int64_t e = lay.row_begin[qb]; e < lay.row_begin[qb + 1]; ++e) {
-        if (drop[e]) continue;
-        key_block.push_back(lay.key_block[e]);
-        partial.push_back(lay.partial[e]);
-      }
-      row_begin.push_back(static_cast<int64_t>(key_block.size()));
-    }
-    lay.row_begin = std::move(row_begin);
-    lay.key_block = std::move(key_block);
-    lay.partial = std::move(partial);
-  }
-  return fr;
-}
 
 
 // The full rows' work of one call: per sequence, groups of at most W rows of one query head
@@ -421,10 +347,10 @@ void FrTile(const FrCall& fc, FrChunk& f, int64_t h, const float* kp, int64_t D,
     if (gr.h != h) continue;
     float* st = f.state + (g - f.g0) * fc.per_group;
     float *o = st, *m = st + W * Dp, *l = m + W;
-    TileProduct<Accum::overwrite>(n, W, {kp, Dp, 1}, f.seq->qt.get() + g * Dp * W, W, D, s.st, W);
+    TileProductAny<Accum::overwrite>(n, W, {kp, Dp, 1}, f.seq->qt.get() + g * Dp * W, W, D, s.st, W);
     ShapeLogits(s.st, W, n, W, shape);
     OnlineSoftmaxStep(s.st, W, n, W, m, l, s.alpha);
-    TileProduct<Accum::scale_add>(gr.n, Dp, {s.st, 1, W}, kp + kBk * Dp, Dp, n, o, Dp, s.alpha);
+    TileProductAny<Accum::scale_add>(gr.n, Dp, {s.st, 1, W}, kp + kBk * Dp, Dp, n, o, Dp, s.alpha);
   }
 }
 
@@ -700,11 +626,10 @@ void ForwardChunk(const Problem& pr, const TensorView& q, const TensorView& k, c
     }
   }
 }
-// The full rows' groups and queries of every sequence, and zeroed states for every chunk.
+// The full rows' groups of at most W rows and their queries for every sequence, and zeroed
+// states for every chunk.
 void FrPrepare(const Problem& pr, const TensorView& q, const MaskPlan& plan, const FullRows& fr,
-               const std::vector<Chunk>& chunks, FrCall& fc) {
-  const hn::ScalableTag<float> df;
-  const int64_t W = 2 * static_cast<int64_t>(hn::Lanes(df));
+               const std::vector<Chunk>& chunks, int64_t W, FrCall& fc) {
   const int64_t D = pr.head_dim, Dp = pad_cols(D);
   fc.W = W;
   fc.per_group = W * Dp + 2 * W;
@@ -793,14 +718,15 @@ void FrFinish(const Problem& pr, const TensorView& out, const TensorView& lse, c
 
 }  // namespace
 
+// narrow: groups of one vector of full rows (variant 17), else of two.
 void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
-                  const TensorView& out, const TensorView& lse) {
+                  const TensorView& out, const TensorView& lse, bool narrow) {
   std::optional<MaskPlan> plan;
   if (pr.mask != nullptr) plan = plan_mask(pr, kHalf, kBk);
   FullRows full_rows;
   if (plan) {
     const hn::ScalableTag<float> df;
-    full_rows = SplitFullRows(pr, *plan, 2 * static_cast<int64_t>(hn::Lanes(df)));
+    full_rows = SplitFullRows(pr, *plan, (narrow ? 1 : 2) * static_cast<int64_t>(hn::Lanes(df)));
   }
   ThreadPool& tp = pool();
   const FlashFwdTuning tune = flash_fwd_tuning();
@@ -830,7 +756,10 @@ void FlashForward(const Problem& pr, const TensorView& q, const TensorView& k, c
   });
   const int64_t slots = peaks.empty() ? 0 : *std::max_element(peaks.begin(), peaks.end());
   std::optional<FrCall> fc;
-  if (full_rows.any) FrPrepare(pr, q, *plan, full_rows, chunks, fc.emplace());
+  if (full_rows.any) {
+    const hn::ScalableTag<float> df;
+    FrPrepare(pr, q, *plan, full_rows, chunks, (narrow ? 1 : 2) * static_cast<int64_t>(hn::Lanes(df)), fc.emplace());
+  }
   static std::atomic<uint64_t> calls{0};
   const uint64_t call = ++calls;
   tp.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i, int) {
@@ -850,7 +779,11 @@ namespace attnkit::cpu::lab15 {
 HWY_EXPORT(FlashForward);
 void flash_fwd(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& out, const TensorView& lse) {
-  HWY_DYNAMIC_DISPATCH(FlashForward)(pr, q, k, v, out, lse);
+  HWY_DYNAMIC_DISPATCH(FlashForward)(pr, q, k, v, out, lse, false);
+}
+void flash_fwd_narrow(const Problem& pr, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& out, const TensorView& lse) {
+  HWY_DYNAMIC_DISPATCH(FlashForward)(pr, q, k, v, out, lse, true);
 }
 }  // namespace attnkit::cpu::lab15
 #endif

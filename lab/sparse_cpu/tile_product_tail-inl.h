@@ -1,4 +1,4 @@
-// Lab helper (variants 16 and 17): TileProduct for column counts that are a whole number of
+// Lab helper (variants 16 and 15/17): TileProduct for column counts that are a whole number of
 // vectors but not of vector pairs: the pairs through src's TileProduct, the last vector through
 // a one-vector register block (R up to twice kTileRows). Not in src: nothing there needs it.
 

@@ -25,8 +25,11 @@ LAB_VARIANT(lab12)
 LAB_VARIANT(lab13)
 LAB_VARIANT(lab14)
 LAB_VARIANT(lab15)
+namespace lab15 {
+void flash_fwd_narrow(const Problem&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                      const TensorView&);
+}
 LAB_VARIANT(lab16)
-LAB_VARIANT(lab17)
 }  // namespace attnkit::cpu
 
 namespace attnkit::lab {
@@ -45,5 +48,5 @@ std::map<std::string, FwdFn> variants() { return {{"00", &cpu::flash_fwd}, {"01"
           {"14", &cpu::lab14::flash_fwd},
           {"15", &cpu::lab15::flash_fwd},
           {"16", &cpu::lab16::flash_fwd},
-          {"17", &cpu::lab17::flash_fwd}}; }
+          {"17", &cpu::lab15::flash_fwd_narrow}}; }
 }  // namespace attnkit::lab

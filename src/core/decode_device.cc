@@ -192,20 +192,18 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   if (automatic && !sh.head_warps && sh.chunk_blocks <= cuda::kDecodeMinChunkBlocks && kv_bytes < kSmallDecodeBytes) {
     const int64_t sms = cuda::current_device_sms();
     const int per_sm = cuda::decode_ctas_per_sm(bf16, static_cast<int>(c.head_dim), sh.rows_per_item, 4, 2);
-    const int64_t units = c.heads_kv * sh.row_tiles;
     for (int64_t chunk : {2, 4, 8}) {
       if (chunk >= sh.chunk_blocks) break;
       int64_t warps_total = 0;
-      for (int64_t b : blocks) warps_total += units * ((b + chunk - 1) / chunk);
+      for (int64_t b : blocks) warps_total += sh.units * ((b + chunk - 1) / chunk);
       const int64_t splits = (longest + chunk - 1) / chunk;
       if (per_sm <= 0 || splits > 64 || warps_total > 8 * sms ||
-          cuda::decode_ctas(blocks.data(), static_cast<int>(S), units, chunk, 4) > per_sm * sms) {
+          cuda::decode_ctas(blocks.data(), static_cast<int>(S), sh.units, chunk, 4) > per_sm * sms) {
         continue;
       }
       sh.warps = 4;
       sh.stages = 2;
       sh.l2_prefetch = 0;
-      sh.units = units;
       sh.chunk_blocks = chunk;
       sh.max_splits = splits;
       per_cta = 4;
