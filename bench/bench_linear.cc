@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -38,6 +39,20 @@ namespace {
 using attnkit::DType;
 using attnkit::TensorView;
 using Clock = std::chrono::steady_clock;
+
+// 64-byte aligned buffers, as tensor libraries allocate them (PyTorch's CPU allocator aligns
+// to 64 bytes; malloc gives 16, which splits every 64-byte vector block over two lines).
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const Aligned64&) const { return true; }
+};
+using FVec = std::vector<float, Aligned64<float>>;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -75,8 +90,8 @@ std::pair<double, double> paired_times(const std::function<void()>& a, const std
 
 int runs_for(int64_t n) { return n <= 16384 ? 7 : n <= 65536 ? 5 : 3; }
 
-std::vector<float> randn(int64_t n, float scale, uint64_t seed) {
-  std::vector<float> v(n);
+FVec randn(int64_t n, float scale, uint64_t seed) {
+  FVec v(n);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::normal_distribution<float> nd(0.0f, scale);
   // A short random table repeated with a stride pattern: fast to fill for gigabyte buffers.
@@ -86,8 +101,8 @@ std::vector<float> randn(int64_t n, float scale, uint64_t seed) {
   return v;
 }
 
-std::vector<float> uniform(int64_t n, float lo, float hi, uint64_t seed) {
-  std::vector<float> v(n);
+FVec uniform(int64_t n, float lo, float hi, uint64_t seed) {
+  FVec v(n);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(lo, hi);
   std::vector<float> table(65537);
@@ -110,8 +125,8 @@ constexpr int64_t kCopyBytes = int64_t{512} << 20;
 
 Runner sgemm_runner() {
   const int n = kGemmN;
-  auto a = std::make_shared<std::vector<float>>(randn(n * n, 1, 1)), b = std::make_shared<std::vector<float>>(randn(n * n, 1, 2)),
-       c = std::make_shared<std::vector<float>>(n * n);
+  auto a = std::make_shared<FVec>(randn(n * n, 1, 1)), b = std::make_shared<FVec>(randn(n * n, 1, 2)),
+       c = std::make_shared<FVec>(n * n);
   return [=] {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a->data(), n, b->data(), n, 0.0f, c->data(), n);
   };
@@ -135,7 +150,7 @@ double memcpy_gbs(double secs) { return 2.0 * kCopyBytes / secs / 1e9; }
 Ceilings measure_ceilings() {
   Ceilings c;
   const int n = kGemmN;
-  std::vector<float> a = randn(n * n, 1, 1), b = randn(n * n, 1, 2), cm(n * n);
+  FVec a = randn(n * n, 1, 1), b = randn(n * n, 1, 2), cm(n * n);
   const double t = median_time(
       [&] { cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, cm.data(), n); },
       7);
@@ -175,8 +190,8 @@ struct Method {
 
 double time_flash(const Shape& s, int64_t N) {
   const int64_t n = N * s.heads * s.head_dim;
-  std::vector<float> q = randn(n, 1, 3), k = randn(n, 1, 4), v = randn(n, 1, 5), o(n);
-  auto view = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, N, s.heads, s.head_dim}); };
+  FVec q = randn(n, 1, 3), k = randn(n, 1, 4), v = randn(n, 1, 5), o(n);
+  auto view = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, N, s.heads, s.head_dim}); };
   attnkit::AttentionParams p;
   p.causal = true;
   p.algorithm = attnkit::Algorithm::flash;
@@ -185,11 +200,11 @@ double time_flash(const Shape& s, int64_t N) {
 
 Runner linear_runner(int64_t B, int64_t H, int64_t D, int64_t N, attnkit::FeatureMap map, int64_t m) {
   const int64_t n = B * N * H * D;
-  auto q = std::make_shared<std::vector<float>>(randn(n, 0.5f, 6)), k = std::make_shared<std::vector<float>>(randn(n, 0.5f, 7)),
-       v = std::make_shared<std::vector<float>>(randn(n, 1, 8)), o = std::make_shared<std::vector<float>>(n);
+  auto q = std::make_shared<FVec>(randn(n, 0.5f, 6)), k = std::make_shared<FVec>(randn(n, 0.5f, 7)),
+       v = std::make_shared<FVec>(randn(n, 1, 8)), o = std::make_shared<FVec>(n);
   auto rf = std::make_shared<attnkit::RandomFeatures>(D, std::max<int64_t>(m, 1), 42);
   return [=] {
-    auto view = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {B, N, H, D}); };
+    auto view = [&](FVec& x) { return TensorView(x.data(), DType::f32, {B, N, H, D}); };
     attnkit::LinearAttentionParams p;
     p.feature_map = map;
     p.features = rf.get();
@@ -204,10 +219,10 @@ double time_linear(int64_t B, int64_t H, int64_t D, int64_t N, attnkit::FeatureM
 
 Runner scan_runner(int64_t Dch, int64_t Ns, int64_t N) {
   struct Bufs {
-    std::vector<float> x, dt, z, out, A, Bm, Cm, D;
+    FVec x, dt, z, out, A, Bm, Cm, D;
   };
   auto b = std::make_shared<Bufs>();
-  std::vector<float> x = randn(N * Dch, 1, 9), dt = uniform(N * Dch, 0.001f, 0.1f, 10), z = randn(N * Dch, 1, 11),
+  FVec x = randn(N * Dch, 1, 9), dt = uniform(N * Dch, 0.001f, 0.1f, 10), z = randn(N * Dch, 1, 11),
                      out(N * Dch), A = uniform(Dch * Ns, -2.0f, -0.1f, 12), Bm = randn(N * Ns, 1, 13),
                      Cm = randn(N * Ns, 1, 14), D = randn(Dch, 1, 15);
   b->x = std::move(x), b->dt = std::move(dt), b->z = std::move(z), b->out = std::move(out), b->A = std::move(A);
@@ -224,11 +239,11 @@ Runner scan_runner(int64_t Dch, int64_t Ns, int64_t N) {
 double time_scan(int64_t Dch, int64_t Ns, int64_t N) { return median_time(scan_runner(Dch, Ns, N), runs_for(N)); }
 
 Runner wkv4_runner(int64_t C, int64_t N) {
-  auto w = std::make_shared<std::vector<float>>(uniform(C, 0.01f, 3.0f, 16)), u = std::make_shared<std::vector<float>>(randn(C, 1, 17)),
-       k = std::make_shared<std::vector<float>>(randn(N * C, 1, 18)), v = std::make_shared<std::vector<float>>(randn(N * C, 1, 19)),
-       y = std::make_shared<std::vector<float>>(N * C);
+  auto w = std::make_shared<FVec>(uniform(C, 0.01f, 3.0f, 16)), u = std::make_shared<FVec>(randn(C, 1, 17)),
+       k = std::make_shared<FVec>(randn(N * C, 1, 18)), v = std::make_shared<FVec>(randn(N * C, 1, 19)),
+       y = std::make_shared<FVec>(N * C);
   return [=] {
-    auto v3 = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, N, C}); };
+    auto v3 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, N, C}); };
     attnkit::wkv4_forward(TensorView(w->data(), DType::f32, {C}), TensorView(u->data(), DType::f32, {C}), v3(*k), v3(*v), v3(*y));
   };
 }
@@ -237,11 +252,11 @@ double time_wkv4(int64_t C, int64_t N) { return median_time(wkv4_runner(C, N), r
 
 Runner wkv6_runner(int64_t H, int64_t K, int64_t N) {
   const int64_t n = N * H * K;
-  auto r = std::make_shared<std::vector<float>>(randn(n, 1, 20)), k = std::make_shared<std::vector<float>>(randn(n, 1, 21)),
-       v = std::make_shared<std::vector<float>>(randn(n, 1, 22)), w = std::make_shared<std::vector<float>>(randn(n, 1, 23)),
-       u = std::make_shared<std::vector<float>>(randn(H * K, 1, 24)), y = std::make_shared<std::vector<float>>(n);
+  auto r = std::make_shared<FVec>(randn(n, 1, 20)), k = std::make_shared<FVec>(randn(n, 1, 21)),
+       v = std::make_shared<FVec>(randn(n, 1, 22)), w = std::make_shared<FVec>(randn(n, 1, 23)),
+       u = std::make_shared<FVec>(randn(H * K, 1, 24)), y = std::make_shared<FVec>(n);
   return [=] {
-    auto v4 = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, N, H, K}); };
+    auto v4 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, N, H, K}); };
     attnkit::wkv6_forward(v4(*r), v4(*k), v4(*v), v4(*w), TensorView(u->data(), DType::f32, {H, K}), v4(*y));
   };
 }
@@ -384,14 +399,14 @@ void steps() {
   };
   {  // inputs for one token are re-used: the state is what must not grow
     const int64_t H = 8, D = 64;
-    std::vector<float> q = randn(H * D, 0.5f, 1), k = randn(H * D, 0.5f, 2), v = randn(H * D, 1, 3), o(H * D);
+    FVec q = randn(H * D, 0.5f, 1), k = randn(H * D, 0.5f, 2), v = randn(H * D, 1, 3), o(H * D);
     attnkit::LinearState st(1, H, D, {});
-    auto v3 = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, H, D}); };
+    auto v3 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, H, D}); };
     run("linear attention (elu+1)", "H=8, D=64", [&](int) { attnkit::linear_step(st, v3(q), v3(k), v3(v), v3(o)); });
   }
   {
     const int64_t C = 512, N = 16;
-    std::vector<float> x = randn(C, 1, 4), dt = uniform(C, 0.01f, 0.1f, 5), z = randn(C, 1, 6), o(C),
+    FVec x = randn(C, 1, 4), dt = uniform(C, 0.01f, 0.1f, 5), z = randn(C, 1, 6), o(C),
                        A = uniform(C * N, -2, -0.1f, 7), Bm = randn(N, 1, 8), Cm = randn(N, 1, 9), D = randn(C, 1, 10);
     attnkit::ScanState st(1, C, N);
     const attnkit::ScanInputs in{TensorView(x.data(), DType::f32, {1, C}), TensorView(dt.data(), DType::f32, {1, C}),
@@ -402,18 +417,18 @@ void steps() {
   }
   {
     const int64_t C = 512;
-    std::vector<float> w = uniform(C, 0.01f, 3, 11), u = randn(C, 1, 12), k = randn(C, 1, 13), v = randn(C, 1, 14), y(C);
+    FVec w = uniform(C, 0.01f, 3, 11), u = randn(C, 1, 12), k = randn(C, 1, 13), v = randn(C, 1, 14), y(C);
     attnkit::Wkv4State st(1, C);
-    auto v2 = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, C}); };
+    auto v2 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, C}); };
     const TensorView wv(w.data(), DType::f32, {C}), uv(u.data(), DType::f32, {C});
     run("WKV-4", "C=512", [&](int) { attnkit::wkv4_step(st, wv, uv, v2(k), v2(v), v2(y)); });
   }
   {
     const int64_t H = 8, K = 64;
-    std::vector<float> r = randn(H * K, 1, 15), k = randn(H * K, 1, 16), v = randn(H * K, 1, 17), w = randn(H * K, 1, 18),
+    FVec r = randn(H * K, 1, 15), k = randn(H * K, 1, 16), v = randn(H * K, 1, 17), w = randn(H * K, 1, 18),
                        u = randn(H * K, 1, 19), y(H * K);
     attnkit::Wkv6State st(1, H, K);
-    auto v3 = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, H, K}); };
+    auto v3 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, H, K}); };
     const TensorView uv(u.data(), DType::f32, {H, K});
     run("WKV-6", "H=8, K=64", [&](int) { attnkit::wkv6_step(st, v3(r), v3(k), v3(v), v3(w), uv, v3(y)); });
   }
@@ -434,13 +449,13 @@ void study() {
   for (size_t i = 0; i < std::size(scales); ++i) std::printf("---|");
   std::printf("\n");
   const int64_t n = N * H * D;
-  std::vector<float> v = randn(n, 1, 31), exact(n), approx(n);
-  auto view = [&](std::vector<float>& x) { return TensorView(x.data(), DType::f32, {1, N, H, D}); };
+  FVec v = randn(n, 1, 31), exact(n), approx(n);
+  auto view = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, N, H, D}); };
   std::vector<std::vector<double>> err(std::size(ms), std::vector<double>(std::size(scales)));
   std::vector<double> exact_entropy(std::size(scales));
   for (size_t si = 0; si < std::size(scales); ++si) {
     // Independent draws (not the fast repeated-table fill): the study is about statistics.
-    std::vector<float> q(n), k(n);
+    FVec q(n), k(n);
     std::mt19937 rng(1234);
     std::normal_distribution<float> nd(0.0f, scales[si]);
     for (float& x : q) x = nd(rng);

@@ -95,6 +95,10 @@ std::vector<Case4> cases4() {
       {.name = "large_keys", .T = 120, .C = 16, .k_scale = 30.0f},
       {.name = "slow_decay", .T = 300, .C = 8, .w_mean = -9.0f},
       {.name = "fast_decay", .T = 300, .C = 8, .w_mean = 4.0f},
+      // Rows of 1, 2 and 4 KiB: the forward reads them in tiles of 4, 2 and 2 rows.
+      {.name = "rows_1k", .T = 150, .C = 256},
+      {.name = "rows_2k", .T = 133, .C = 512},
+      {.name = "rows_4k", .T = 77, .C = 1024},
   };
 }
 

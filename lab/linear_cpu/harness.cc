@@ -3,7 +3,8 @@
 //   lab_linear_cpu [what] [L] [threads] [reps]    what = scan | wkv4 | wkv6 | touch | linear | all
 // linear: causal elu+1 linear attention at B = 1, H = 8, D = 64, N = L, timed against an OpenBLAS
 // sgemm 2048³ instead of the memcpy (GFLOP/s from linear_attention_fwd_flops).
-// With LAB_NOCOPY set, the memcpy is skipped (for profiling the kernels alone).
+// With LAB_NOCOPY set, the memcpy is skipped (for profiling the kernels alone); LAB_W sets the
+// width (default 512); LAB_FLUSH streams 256 MiB through the caches before every timed run.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,7 +71,7 @@ int main(int argc, char** argv) {
   const int threads = argc > 3 ? std::atoi(argv[3]) : 2;
   const int reps = argc > 4 ? std::atoi(argv[4]) : 7;
   attnkit::set_num_threads(threads);
-  const int64_t W = 512, N = 16;
+  const int64_t W = std::getenv("LAB_W") ? std::atoll(std::getenv("LAB_W")) : 512, N = 16;
   // memcpy of 512 MiB over `threads` threads: bytes read + written
   const int64_t cb = int64_t{512} << 20;
   std::vector<char> src(cb, 1), dst(cb, 0);
@@ -174,6 +175,8 @@ int main(int argc, char** argv) {
                      },
                      attnkit::wkv6_fwd_bytes(1, L, 8, 64)});
   }
+  const bool flush = std::getenv("LAB_FLUSH") != nullptr;  // LAB_FLUSH: every run starts with cold caches
+  std::vector<float> flushbuf(flush ? (size_t{256} << 20) / sizeof(float) : 0, 0.0f);
   copy();
   for (auto& it : items) it.run();
   std::vector<double> tc;
@@ -183,6 +186,9 @@ int main(int argc, char** argv) {
       auto t0 = Clock::now();
       copy();
       tc.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      if (flush) {  // evict the inputs from L3: stream 256 MiB through the caches
+        for (size_t j = 0; j < flushbuf.size(); j += 16) flushbuf[j] += 1.0f;
+      }
       t0 = Clock::now();
       const double c0 = process_cpu();
       items[i].run();

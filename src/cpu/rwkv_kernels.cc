@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -230,6 +231,18 @@ struct Wkv4Tile {  // one staged tile of k, v and y: [kTile][width], padded to w
   }
 };
 
+// Rows per tile where the forward reads k and v and writes y in place, from the row strides (in
+// floats): at most the distance at which rows repeat modulo 4 KiB, and 2 to kTile. The tile's
+// rows then never share their address bits 0-11, which the CPU compares to decide whether a load
+// depends on an earlier store; when k, v and y themselves lie a multiple of 4 KiB apart (large
+// arrays allocated page by page), tiles of 8 rows of 1 KiB cost 15-20 % more time and tiles of 8
+// rows of 2 or 4 KiB 20-45 % more (lab/linear_cpu/NOTES.md, 03).
+int64_t DirectTileRows(int64_t ldk, int64_t ldv, int64_t ldy) {
+  constexpr int64_t kPage = 4096;
+  const int64_t g = std::gcd(std::gcd(ldk * 4, ldv * 4), std::gcd(ldy * 4, kPage));
+  return std::clamp(kPage / g, int64_t{2}, kTile);
+}
+
 // Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole blocks of kW)
 // over rows [t_begin, t_end), after the state alone over rows [0, t_begin). Where the channels
 // are contiguous and nc is a multiple of kW, the tiles are read and written in place, and while
@@ -247,12 +260,13 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
   const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % kW == 0;
   const Rows y0 = TensorRows(y, b, 0, c0);
   const RowStore store = direct ? ChooseRowStore(y0.p, y0.ld) : RowStore::normal;
-  for (int64_t t0 = 0; t0 < t_end; t0 += kTile) {
-    const int64_t nt = std::min({kTile, t_end - t0, t0 < t_begin ? t_begin - t0 : kTile});
+  const int64_t rows = direct ? DirectTileRows(k.strides[1], v.strides[1], y.strides[1]) : kTile;
+  for (int64_t t0 = 0; t0 < t_end; t0 += rows) {
+    const int64_t nt = std::min({rows, t_end - t0, t0 < t_begin ? t_begin - t0 : rows});
     const bool out = t0 >= t_begin;
     if (direct) {
       const Rows kr = TensorRows(k, b, t0, c0), vr = TensorRows(v, b, t0, c0), yr = TensorRows(y, b, t0, c0);
-      const int64_t ahead = std::min(kTile, t_end - t0 - nt);  // rows of the next tile
+      const int64_t ahead = std::min(rows, t_end - t0 - nt);  // rows of the next tile
       for (int64_t o = 0; o < nc; o += kW) {
         for (int64_t r = nt; r < nt + ahead; ++r) {  // this block's line of each of the next tile's rows
           prefetch_l2(kr.p + r * kr.ld + o);
