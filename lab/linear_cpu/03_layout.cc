@@ -79,6 +79,13 @@ int main(int argc, char** argv) {
     fill(reinterpret_cast<float*>(base), 0);
     fill(reinterpret_cast<float*>(base + l.v), 1);
   }
+  if (std::getenv("LAB_THP")) {  // how much of the mapping the kernel backed with 2 MiB pages
+    FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    while (f && std::fgets(line, sizeof line, f))
+      if (std::string(line).rfind("AnonHugePages", 0) == 0) std::printf("%s", line);
+    if (f) std::fclose(f);
+  }
   for (int64_t r = 0; r <= rounds; ++r) {
     for (auto& l : lay) {
       float* k = reinterpret_cast<float*>(base);

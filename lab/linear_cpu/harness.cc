@@ -169,11 +169,11 @@ int main(int argc, char** argv) {
     r6 = fill(L * W, -1, 1, 10);
     w6 = fill(L * W, -3, 1, 11);
     items.push_back({"wkv6", [&] {
-                       auto v4 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, 8, 64}); };
-                       attnkit::wkv6_forward(v4(r6), v4(x), v4(z), v4(w6), TensorView(u.data(), DType::f32, {8, 64}),
+                       auto v4 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, W / 64, 64}); };
+                       attnkit::wkv6_forward(v4(r6), v4(x), v4(z), v4(w6), TensorView(u.data(), DType::f32, {W / 64, 64}),
                                              v4(out));
                      },
-                     attnkit::wkv6_fwd_bytes(1, L, 8, 64)});
+                     attnkit::wkv6_fwd_bytes(1, L, W / 64, 64)});
   }
   const bool flush = std::getenv("LAB_FLUSH") != nullptr;  // LAB_FLUSH: every run starts with cold caches
   std::vector<float> flushbuf(flush ? (size_t{256} << 20) / sizeof(float) : 0, 0.0f);
