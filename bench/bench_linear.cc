@@ -71,14 +71,22 @@ double median_time(const std::function<void()>& fn, int runs) {
 
 // Medians of a and b timed alternately (a, b, a, b, ...) after a warm-up of each: when other
 // processes share the cores, both see the same contention and their ratio stays meaningful.
-std::pair<double, double> paired_times(const std::function<void()>& a, const std::function<void()>& b, int runs) {
+// settle_ms: an untimed pause after each a (OpenBLAS's threads spin for about 0.1 s after a
+// call; without the pause they share the cores with b).
+std::pair<double, double> paired_times(const std::function<void()>& a, const std::function<void()>& b, int runs,
+                                       int settle_ms = 0) {
+  auto settle = [&] {
+    if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
+  };
   a();
+  settle();
   b();
   std::vector<double> ta, tb;
   for (int i = 0; i < runs; ++i) {
     auto t0 = Clock::now();
     a();
     ta.push_back(seconds_since(t0));
+    settle();
     t0 = Clock::now();
     b();
     tb.push_back(seconds_since(t0));
@@ -271,7 +279,7 @@ void bars() {
   std::printf("## Bars\n\n| bar | measured | ceiling in the same pairing | target | met |\n|---|---|---|---|---|\n");
   {  // causal linear attention at D = 64, B·H = 8, N = 16384 (B = 1, H = 8, elu+1 features)
     const int64_t N = 16384;
-    const auto [tg, t] = paired_times(sgemm_runner(), linear_runner(1, 8, 64, N, attnkit::FeatureMap::elu_plus_one, 0), 9);
+    const auto [tg, t] = paired_times(sgemm_runner(), linear_runner(1, 8, 64, N, attnkit::FeatureMap::elu_plus_one, 0), 9, 200);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const double g = attnkit::linear_attention_fwd_flops(1, N, 8, 64, 64, true) / t / 1e9, cg = sgemm_gflops(tg);
     std::printf("| causal linear attention, elu+1, D=64, B·H=8, N=16384 | %.1f GFLOP/s (%.1f ms) = %.0f%% of sgemm | "
