@@ -1,5 +1,5 @@
 // lab/linear_cpu 03: the WKV-4 forward's time against where k, v and y lie relative to each other.
-//   lab_linear_layout L width threads rounds  vOff:yOff  [vOff:yOff ...]
+//   lab_linear_layout L width threads rounds  vOff:yOff[:NAME=VALUE]  [...]
 // One anonymous mapping holds the three arrays: k at 0, v at vOff bytes, y at yOff bytes (each
 // offset a multiple of 64). The layouts are timed in rotation (one run of each per round) and
 // the median of each is printed, so that they see the same machine. LAB_BASE = b starts all three
@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   attnkit::set_num_threads(std::atoi(argv[3]));
   struct Layout {
     int64_t v, y;
+    std::string env;  // NAME=VALUE set for this layout's runs (a temporary override in the library)
     std::vector<double> t;
   };
   std::vector<Layout> lay;
@@ -55,8 +56,9 @@ int main(int argc, char** argv) {
   const int64_t bytes = L * W * 4;
   for (int i = 5; i < argc; ++i) {
     const std::string a = argv[i];
-    const auto c = a.find(':');
-    Layout l{std::atoll(a.substr(0, c).c_str()), std::atoll(a.substr(c + 1).c_str()), {}};
+    const auto c = a.find(':'), c2 = a.find(':', c + 1);
+    Layout l{std::atoll(a.substr(0, c).c_str()), std::atoll(a.substr(c + 1).c_str()),
+             c2 == std::string::npos ? "" : a.substr(c2 + 1), {}};
     span = std::max({span, l.v + bytes, l.y + bytes, bytes});
     lay.push_back(l);
   }
@@ -92,6 +94,7 @@ int main(int argc, char** argv) {
       float* v = reinterpret_cast<float*>(base + l.v);
       float* y = reinterpret_cast<float*>(base + l.y);
       using attnkit::DType, attnkit::TensorView;
+      if (!l.env.empty()) putenv(const_cast<char*>(l.env.c_str()));
       const auto t0 = std::chrono::steady_clock::now();
       attnkit::wkv4_forward(TensorView(w.data(), DType::f32, {W}), TensorView(u.data(), DType::f32, {W}),
                             TensorView(k, DType::f32, {1, L, W}), TensorView(v, DType::f32, {1, L, W}),
@@ -101,8 +104,8 @@ int main(int argc, char** argv) {
   }
   for (auto& l : lay) {
     std::sort(l.t.begin(), l.t.end());
-    std::printf("v %+12lld (mod 4K %5lld, mod 64K %6lld)  y %+12lld (mod 4K %5lld)  %8.2f ms\n",
-                static_cast<long long>(l.v), static_cast<long long>(l.v % 4096), static_cast<long long>(l.v % 65536),
+    std::printf("%-16s v %+12lld (mod 4K %5lld, mod 64K %6lld)  y %+12lld (mod 4K %5lld)  %8.2f ms\n",
+                l.env.c_str(), static_cast<long long>(l.v), static_cast<long long>(l.v % 4096), static_cast<long long>(l.v % 65536),
                 static_cast<long long>(l.y), static_cast<long long>(l.y % 4096), l.t[l.t.size() / 2] * 1e3);
   }
   return 0;
