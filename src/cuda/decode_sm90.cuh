@@ -31,6 +31,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/decode_params.h"
 #include "cuda/mma_sm80.cuh"
@@ -44,11 +45,13 @@ constexpr float kLn2 = 0.69314718055994530942f;
 __device__ __forceinline__ int swz(int row) { return (((row >> 1) & 3) << 1) ^ ((row & 1) << 2); }
 
 // cp.async and its waits, ordered against ordinary shared-memory accesses ("memory" clobber).
-// prefetch: the L2 fetch size hint on a miss (0: none, 1: 128 bytes, 2: 256 bytes).
-__device__ __forceinline__ void copy16(void* smem, const void* gmem, int prefetch) {
-  if (prefetch == 2) {
+// kHint: the L2 fetch size hint on a miss (0: none, 1: 128 bytes, 2: 256 bytes), a template
+// argument so that a block's 16 copies carry no branch each.
+template <int kHint>
+__device__ __forceinline__ void copy16(void* smem, const void* gmem) {
+  if constexpr (kHint == 2) {
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
-  } else if (prefetch == 1) {
+  } else if constexpr (kHint == 1) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
   } else {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
@@ -130,34 +133,65 @@ __device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, i
   const int32_t* table = p.table + s * p.table_stride;
   const int64_t head_off = p.head_off + int64_t{hk} * p.page_size * kD;
 
-  auto page_of = [&](int b) { return b < b_hi ? __ldg(table + (16 * b) / p.page_size) : 0; };
-  // Copies block b (on physical page phys) into stage `slot`, then commits a group (empty past
-  // the chunk, so that group counting stays uniform).
-  auto issue = [&](int b, int phys, int slot) {
-    if (b < b_hi) {
+  // Blocks are fetched in order b_lo, b_lo + 1, ...: two cursors (page-table index and key
+  // offset within the page) follow them without a division per step, one for the page-table
+  // reads (a block ahead, to hide their latency) and one for the copies.
+  struct Cursor {
+    int b, entry, off;
+  };
+  const int entry0 = (16 * b_lo) / p.page_size;
+  Cursor rd{b_lo, entry0, 16 * b_lo - entry0 * p.page_size}, cp = rd;
+  auto advance = [&](Cursor& u) {
+    ++u.b;
+    u.off += 16;
+    if (u.off == p.page_size) {
+      u.off = 0;
+      ++u.entry;
+    }
+  };
+  auto next_page = [&] {  // the physical page of block rd.b (0 past the chunk), then rd moves on
+    const int phys = rd.b < b_hi ? __ldg(table + rd.entry) : 0;
+    advance(rd);
+    return phys;
+  };
+  // Copies block cp.b (on physical page phys) into stage `slot`, then commits a group (empty
+  // past the chunk, so that group counting stays uniform); cp moves on.
+  auto issue = [&](int phys, int slot) {
+    if (cp.b < b_hi) {
       if (phys < 0 || phys >= p.num_pages) {
         st.bad = true;
         phys = 0;
       }
-      const uint16_t* kg = pages + phys * p.page_elems + head_off + int64_t{(16 * b) % p.page_size} * kD;
+      const uint16_t* kg = pages + phys * p.page_elems + head_off + int64_t{cp.off} * kD;
       const uint16_t* vg = kg + p.kv_off;
       uint16_t* ks = stage0 + slot * kStage;
       uint16_t* vs = ks + 16 * kD;
+      auto copies = [&](auto hint) {
+        constexpr int kHint = decltype(hint)::value;
 #pragma unroll
-      for (int i = 0; i < kCpr / 2; ++i) {
-        const int q = lane + 32 * i, row = q / kCpr, ch = q % kCpr;
-        const int dst = row * kD + ((ch ^ swz(row)) * 8);
-        copy16(ks + dst, kg + row * kD + ch * 8, p.prefetch);
-        copy16(vs + dst, vg + row * kD + ch * 8, p.prefetch);
+        for (int i = 0; i < kCpr / 2; ++i) {
+          const int q = lane + 32 * i, row = q / kCpr, ch = q % kCpr;
+          const int dst = row * kD + ((ch ^ swz(row)) * 8);
+          copy16<kHint>(ks + dst, kg + row * kD + ch * 8);
+          copy16<kHint>(vs + dst, vg + row * kD + ch * 8);
+        }
+      };
+      if (p.prefetch == 2) {
+        copies(std::integral_constant<int, 2>());
+      } else if (p.prefetch == 1) {
+        copies(std::integral_constant<int, 1>());
+      } else {
+        copies(std::integral_constant<int, 0>());
       }
     }
     commit();
+    advance(cp);
   };
 
   // The first stages are requested before Q is loaded, so that their latency covers Q's.
   const int steps = b_hi - b_lo;
-  for (int i = 0; i < ns - 1; ++i) issue(b_lo + i, page_of(b_lo + i), i);
-  int next_phys = page_of(b_lo + ns - 1);
+  for (int i = 0; i < ns - 1; ++i) issue(next_page(), i);
+  int next_phys = next_page();
 
   // Q as A fragments of S = Q Kᵀ in the permuted d order; rows past p.rows are zero.
   uint32_t qa[kD / 16][4];
@@ -186,16 +220,18 @@ __device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, i
   const int sk = swz(g);                     // K rows g and 8 + g
   const int sv0 = 2 * c, sv1 = (2 * c) ^ 4;  // V rows 2c, 2c + 8 | 2c + 1, 2c + 9
 
+  int use_slot = 0, fill_slot = ns - 1;  // it % ns and (it + ns − 1) % ns
   for (int it = 0; it < steps; ++it) {
     wait_pending(ns - 2);
     __syncwarp();
-    {  // refill the stage that the previous step consumed
-      const int b = b_lo + it + ns - 1;
+    {  // refill the stage that the previous step consumed, with block b_lo + it + ns − 1
       const int phys = next_phys;
-      next_phys = page_of(b + 1);
-      issue(b, phys, (it + ns - 1) % ns);
+      next_phys = next_page();
+      issue(phys, fill_slot);
+      fill_slot = fill_slot + 1 == ns ? 0 : fill_slot + 1;
     }
-    const uint16_t* ks = stage0 + (it % ns) * kStage;
+    const uint16_t* ks = stage0 + use_slot * kStage;
+    use_slot = use_slot + 1 == ns ? 0 : use_slot + 1;
     const uint16_t* vs = ks + 16 * kD;
     const int key0 = 16 * (b_lo + it);
 
