@@ -1,7 +1,7 @@
 // Host launch of the GPU decode kernels (decode_sm90.cuh): runtime head_dim, dtype, rows per
 // item and the parameter form (up to 64 or 1024 sequences) become template arguments here, and
 // only here (20 decode instantiations: head_dim 64 and 128 with 8 or 16 rows, 256 with 8, each
-// bf16 and f16, each parameter form; 4 combine), plus the device queries that the partition
+// bf16 and f16, each parameter form; 8 combine: 4 or 8 warps), plus the device queries that the partition
 // needs (cached per device).
 #include <cuda_runtime.h>
 
@@ -84,7 +84,8 @@ void launch_with(const DecodeParamsT<kSeqs>& p, bool is_bf16, int head_dim, int 
   const int64_t rows = int64_t{p.num_seqs} * p.nq * p.heads_q;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(rows));
-  cfg.blockDim = dim3(128);
+  const bool wide = p.max_splits > 32;  // 8 warps past 32 chunks a row (one round of loads)
+  cfg.blockDim = dim3(wide ? 256 : 128);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
@@ -92,8 +93,11 @@ void launch_with(const DecodeParamsT<kSeqs>& p, bool is_bf16, int head_dim, int 
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  const cudaError_t e = is_bf16 ? cudaLaunchKernelEx(&cfg, decode_combine_kernel<true, kSeqs>, p, head_dim)
-                                : cudaLaunchKernelEx(&cfg, decode_combine_kernel<false, kSeqs>, p, head_dim);
+  const cudaError_t e =
+      wide ? (is_bf16 ? cudaLaunchKernelEx(&cfg, decode_combine_kernel<true, kSeqs, 8>, p, head_dim)
+                      : cudaLaunchKernelEx(&cfg, decode_combine_kernel<false, kSeqs, 8>, p, head_dim))
+           : (is_bf16 ? cudaLaunchKernelEx(&cfg, decode_combine_kernel<true, kSeqs, 4>, p, head_dim)
+                      : cudaLaunchKernelEx(&cfg, decode_combine_kernel<false, kSeqs, 4>, p, head_dim));
   check_cuda(e, "decode_combine_kernel launch");
 }
 

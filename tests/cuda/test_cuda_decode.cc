@@ -222,6 +222,8 @@ std::vector<Case> cases() {
       {.name = "window_split", .lengths = {1500, 333}, .window = 100, .tuning = {.chunk_keys = 64}},
       {.name = "cta_merge", .lengths = {1000, 300, 5}, .tuning = {.warps = 4, .chunk_keys = 256}},
       {.name = "forced_splits", .lengths = {250, 37, 16}, .tuning = {.warps = 2, .stages = 2, .chunk_keys = 16}},
+      // 94 chunks for the first sequence: the combine's 8-warp form, two batches of loads a warp.
+      {.name = "many_chunks", .lengths = {1500, 40, 700}, .tuning = {.warps = 2, .stages = 2, .chunk_keys = 16}},
       {.name = "eight_warps", .lengths = {5000, 17}, .tuning = {.warps = 8, .stages = 3, .chunk_keys = 256}},
       {.name = "one_warp_four_stages", .lengths = {900}, .D = 64, .tuning = {.warps = 1, .stages = 4, .chunk_keys = 128}},
       {.name = "heads_in_cta", .lengths = {1000, 40, 3000}, .Hq = 32, .Hkv = 8, .tuning = {.head_warps = 1}},
