@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "attnkit/attnkit.h"
+#include "aligned_vector.h"
 
 namespace {
 
@@ -40,19 +41,7 @@ using attnkit::DType;
 using attnkit::TensorView;
 using Clock = std::chrono::steady_clock;
 
-// 64-byte aligned buffers, as tensor libraries allocate them (PyTorch's CPU allocator aligns
-// to 64 bytes; malloc gives 16, which splits every 64-byte vector block over two lines).
-template <class T>
-struct Aligned64 {
-  using value_type = T;
-  Aligned64() = default;
-  template <class U>
-  Aligned64(const Aligned64<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  bool operator==(const Aligned64&) const { return true; }
-};
-using FVec = std::vector<float, Aligned64<float>>;
+using attnkit_bench::FVec;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 

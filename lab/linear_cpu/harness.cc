@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "attnkit/attnkit.h"
+#include "../../bench/aligned_vector.h"
 
 namespace {
 
@@ -28,19 +29,7 @@ using attnkit::DType;
 using attnkit::TensorView;
 using Clock = std::chrono::steady_clock;
 
-// 64-byte aligned buffers, as tensor libraries allocate them (PyTorch's CPU allocator aligns to
-// 64 bytes; malloc's large blocks are only 16-byte aligned).
-template <class T>
-struct Aligned64 {
-  using value_type = T;
-  Aligned64() = default;
-  template <class U>
-  Aligned64(const Aligned64<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  bool operator==(const Aligned64&) const { return true; }
-};
-using FVec = std::vector<float, Aligned64<float>>;
+using attnkit_bench::FVec;
 
 FVec fill(int64_t n, float lo, float hi, uint32_t seed) {
   FVec v(n);
