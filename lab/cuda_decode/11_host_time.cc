@@ -143,7 +143,8 @@ int main(int argc, char** argv) {
          {CudaDecodeTuning{}, CudaDecodeTuning{.warps = 4, .stages = 4}, CudaDecodeTuning{.warps = 4, .stages = 4, .chunk_keys = 128},
           CudaDecodeTuning{.warps = 4, .stages = 4, .chunk_keys = 64}, CudaDecodeTuning{.warps = 4, .stages = 2, .chunk_keys = 64},
           CudaDecodeTuning{.warps = 8, .stages = 3, .chunk_keys = 64}, CudaDecodeTuning{.warps = 4, .stages = 4, .chunk_keys = 32},
-          CudaDecodeTuning{.warps = 8, .stages = 3, .chunk_keys = 32}}) {
+          CudaDecodeTuning{.warps = 8, .stages = 3, .chunk_keys = 32}, CudaDecodeTuning{.warps = 4, .stages = 3, .chunk_keys = 64},
+          CudaDecodeTuning{.warps = 4, .stages = 3, .chunk_keys = 32}, CudaDecodeTuning{.warps = 2, .stages = 4, .chunk_keys = 64}}) {
       const CudaDecodeShape sh = cuda_decode_shape(kv, plan, t);
       const double d = device_us_per_call([&] { run_decode_cuda(kv, plan, 0, tq, to, params, tl, t); });
       std::printf("| %d | %d | %lld | %d | %d | %lld | %lld | %lld | %.2f | %.0f |\n", t.warps, t.stages,
