@@ -1,8 +1,8 @@
 // Host launch of the GPU decode kernels (decode_sm90.cuh): runtime head_dim, dtype, rows per
 // item and the parameter form (up to 64 or 1024 sequences) become template arguments here, and
 // only here (20 decode instantiations: head_dim 64 and 128 with 8 or 16 rows, 256 with 8, each
-// bf16 and f16, each parameter form; 8 combine: 4 or 8 warps), plus the device queries that the partition
-// needs (cached per device).
+// bf16 and f16, each parameter form; 8 combine: 4 or 8 warps, each dtype and form), plus the
+// device queries that the partition needs (cached per device).
 #include <cuda_runtime.h>
 
 #include <array>

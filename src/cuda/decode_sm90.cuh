@@ -513,7 +513,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_combine_kernel(const __gri
   // Lane l holds d = 4l + [0, 4) (and 128 + 4l + [0, 4) for head_dim 256), loaded 16 bytes at a
   // time (part_o rows are 16-byte aligned when the workspace is: otherwise 4-byte loads).
   const bool vec = (reinterpret_cast<uintptr_t>(p.part_o) & 15) == 0;
-  const int parts = head_dim > 128 ? 2 : 1;
   float m = -INFINITY, l = 0.0f;
   bool nan = false;
   float4 acc[2] = {make_float4(0.0f, 0.0f, 0.0f, 0.0f), make_float4(0.0f, 0.0f, 0.0f, 0.0f)};
@@ -532,7 +531,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_combine_kernel(const __gri
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int d = 4 * lane + 128 * i;
-          if (i < parts && d < head_dim) {
+          if (d < head_dim) {
             x[b][i] = vec ? *reinterpret_cast<const float4*>(po + d) : make_float4(po[d], po[d + 1], po[d + 2], po[d + 3]);
           }
         }
