@@ -57,6 +57,9 @@ struct Case4 {
   float w_mean = 0.0f;  // w = exp(N(w_mean, 1)): the decay rate per step
   float k_scale = 1.0f;
   bool strided = false;
+  // Blocks of 16 channels in turn: u − w = −29.9 and +29.9 (the forward weighs the output
+  // through g = e^{u−w} at the edges of its bound) and u − w = −30.5 (its own exponential).
+  bool bonus_edges = false;
 };
 void PrintTo(const Case4& c, std::ostream* os) { *os << c.name; }
 
@@ -83,6 +86,16 @@ Inputs4 make4(const Case4& c, std::mt19937_64& rng) {
   in.k.fill_random(rng, c.k_scale);
   in.v.fill_random(rng);
   in.dy.fill_random(rng);
+  if (c.bonus_edges) {
+    for (int64_t i = 0; i < c.C; ++i) {
+      const float u = in.u.get(i), w = in.w.get(i);
+      switch (i / 16 % 3) {
+        case 0: in.w.set(i, u + 29.9f); break;
+        case 1: in.u.set(i, w + 29.9f); break;
+        default: in.w.set(i, u + 30.5f); break;
+      }
+    }
+  }
   return in;
 }
 
@@ -99,6 +112,7 @@ std::vector<Case4> cases4() {
       {.name = "rows_1k", .T = 150, .C = 256},
       {.name = "rows_2k", .T = 133, .C = 512},
       {.name = "rows_4k", .T = 77, .C = 1024},
+      {.name = "bonus_edges", .B = 2, .T = 200, .C = 48, .k_scale = 4.0f, .bonus_edges = true},
   };
 }
 

@@ -109,7 +109,7 @@ constexpr int64_t kT = 64, kWidth = 256;
 // aliased: k, v, y carved from one allocation 64 KiB apart, as the library's staging buffers
 // were: the loads of step t + 1 then share their address bits 0..11 with the store of step t.
 struct Data {
-  hwy::AlignedFreeUniquePtr<float[]> mem, w, u, st;
+  hwy::AlignedFreeUniquePtr<float[]> mem, w, u, g, st;
   float *k, *v, *y;
   explicit Data(bool aliased = false) {
     const int64_t pad = aliased ? 0 : 48;  // floats between the buffers when not aliased
@@ -119,6 +119,7 @@ struct Data {
     y = v + kT * kWidth + pad;
     w = hwy::AllocateAligned<float>(kWidth);
     u = hwy::AllocateAligned<float>(kWidth);
+    g = hwy::AllocateAligned<float>(kWidth);
     st = hwy::AllocateAligned<float>(3 * kWidth);
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> g(-2, 2);
@@ -126,6 +127,7 @@ struct Data {
     for (int64_t i = 0; i < kWidth; ++i) {
       w[i] = 0.01f + std::abs(g(rng));
       u[i] = g(rng);
+      this->g[i] = float(std::exp(double(u[i]) - double(w[i])));  // v4's e^{u−w}
       st[i] = st[kWidth + i] = 0;
       st[2 * kWidth + i] = -1e38f;
     }
@@ -260,6 +262,76 @@ HWY_NOINLINE void PassV3(Data& d) {
   }
 }
 
+// v4 (kOneExp = false): the library's step as src/cpu/rwkv_kernels.cc had it at the start of the
+// seventh session: natural units, e5 with −|d|·log2 e, 2 vectors interleaved, divps.
+// v4 (kOneExp = true): one exponential per step. With p' = max(p − w, k), f1 = e^{(p−w)−p'} and
+// f2 = e^{k−p'} (the state update's factors), the output's weights e^{p} and e^{u+k}, divided by
+// e^{p'+w}, are f1 and g·f2 with the per-channel constant g = e^{u−w}:
+//   y = (f1·a + g·f2·v) / (f1·b + g·f2),  a' = f1·a + f2·v,  b' = f1·b + f2.
+template <bool kOneExp, int NV = 2, bool kRcp = false>
+HWY_NOINLINE void PassV4(Data& d) {
+  const DF df;
+  constexpr int64_t L = hn::MaxLanes(df);
+  float* HWY_RESTRICT sa = d.st.get();
+  float* HWY_RESTRICT sb = sa + kWidth;
+  float* HWY_RESTRICT sp = sb + kWidth;
+  const float* HWY_RESTRICT K = d.k;
+  const float* HWY_RESTRICT Vv = d.v;
+  float* HWY_RESTRICT Y = d.y;
+  const V one = hn::Set(df, 1.0f), neg_log2e = hn::Set(df, -kLog2e);
+  for (int64_t o = 0; o < kWidth; o += NV * L) {
+    V w[NV], u[NV], g[NV], a[NV], b[NV], p[NV];
+    for (int j = 0; j < NV; ++j) {
+      w[j] = hn::Load(df, d.w.get() + o + j * L);
+      u[j] = hn::Load(df, d.u.get() + o + j * L);
+      g[j] = hn::Load(df, d.g.get() + o + j * L);
+      a[j] = hn::Load(df, sa + o + j * L);
+      b[j] = hn::Load(df, sb + o + j * L);
+      p[j] = hn::Load(df, sp + o + j * L);
+    }
+    for (int64_t t = 0; t < kT; ++t) {
+      V kt[NV], vt[NV], d1[NV], d2[NV], e[NV], f[NV];
+      for (int j = 0; j < NV; ++j) {
+        kt[j] = hn::Load(df, K + t * kWidth + o + j * L);
+        vt[j] = hn::Load(df, Vv + t * kWidth + o + j * L);
+        if constexpr (!kOneExp) {
+          d1[j] = hn::Sub(p[j], hn::Add(u[j], kt[j]));
+          e[j] = Exp2NonPos(df, hn::Mul(hn::Abs(d1[j]), neg_log2e));
+        }
+        const V pw = hn::Sub(p[j], w[j]);
+        d2[j] = hn::Sub(pw, kt[j]);
+        p[j] = hn::Max(pw, kt[j]);
+        f[j] = Exp2NonPos(df, hn::Mul(hn::Abs(d2[j]), neg_log2e));
+      }
+      for (int j = 0; j < NV; ++j) {
+        const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
+        if constexpr (kOneExp) {
+          const V f1a = hn::Mul(f1, a[j]), f1b = hn::Mul(f1, b[j]), gf2 = hn::Mul(g[j], f2);
+          const V num = hn::MulAdd(gf2, vt[j], f1a), den = hn::Add(f1b, gf2);
+          if constexpr (kRcp) {
+            hn::Store(hn::Mul(num, Reciprocal(df, den)), df, Y + t * kWidth + o + j * L);
+          } else {
+            hn::Store(hn::Div(num, den), df, Y + t * kWidth + o + j * L);
+          }
+          a[j] = hn::MulAdd(f2, vt[j], f1a);
+          b[j] = hn::Add(f1b, f2);
+        } else {
+          const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
+          hn::Store(hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2)), df,
+                    Y + t * kWidth + o + j * L);
+          a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
+          b[j] = hn::MulAdd(f1, b[j], f2);
+        }
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      hn::Store(a[j], df, sa + o + j * L);
+      hn::Store(b[j], df, sb + o + j * L);
+      hn::Store(p[j], df, sp + o + j * L);
+    }
+  }
+}
+
 template <class F>
 double Time(F pass, int reps, bool aliased = false) {
   Data d(aliased);
@@ -293,6 +365,13 @@ int main(int argc, char** argv) {
       {"v2 base 2, e5, 1 vector", Time(PassV2<1>, reps)},
       {"v2 base 2, e5, 2 vectors", Time(PassV2<2>, reps)},
       {"v2 base 2, e5, 4 vectors", Time(PassV2<4>, reps)},
+      {"v4 two exps (library, session 7)", Time(PassV4<false>, reps)},
+      {"v4 one exp, bonus as g = e^{u-w}", Time(PassV4<true>, reps)},
+      {"v4 two exps again", Time(PassV4<false>, reps)},
+      {"v4 one exp again", Time(PassV4<true>, reps)},
+      {"v4 one exp, 1 vector", Time(PassV4<true, 1>, reps)},
+      {"v4 one exp, 4 vectors", Time(PassV4<true, 4>, reps)},
+      {"v4 one exp, rcp + Newton", Time(PassV4<true, 2, true>, reps)},
   };
   for (const Row& r : rows) std::printf("%-32s %6.3f ns/vector-step = %5.2f cycles\n", r.name, r.ns, r.ns / nspc);
   return 0;

@@ -22,6 +22,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -157,21 +158,33 @@ Rows TensorRows(const TensorView& t, int64_t b, int64_t t0, int64_t c0) {
 // The forward walks a thread's channels (a contiguous segment of each row) in tiles of kTile
 // rows: each channel vector takes kTile steps with its state in registers, then the next vector
 // takes the same rows; so k and v stream in as kTile contiguous row segments, y goes out the same
-// way, and the state of all the thread's channels (5·width floats with the constants) stays in
+// way, and the state of all the thread's channels (6·width floats with the constants) stays in
 // L1 between tiles. The next tile's lines are prefetched while a tile computes.
 constexpr int64_t kTile = 8;
 
-// Rows [0, nt) of a tile for the kW channels at o (nv vectors, interleaved: each step's two
+// The bonus as a factor: with p' = max(p − w, k) and the state update's factors f1 = e^{(p−w)−p'},
+// f2 = e^{k−p'}, the output's weights e^{p} and e^{u+k}, divided by e^{p'+w}, are f1 and g·f2
+// with the per-channel constant g = e^{u−w}; so one exponential per step serves both the output
+// and the update (lab/linear_cpu/02, v4: 22 → 14 cycles per vector-step). Used for a block of
+// channels whose |u − w| are all at most this bound: g·f2·v then stays far from overflow, and the
+// clamp of f1 at 2^−125 stays negligible against g·f2 (≥ e^{−30} whenever f1 is that small);
+// other blocks weigh the output with its own exponential of p − (u + k).
+constexpr double kBonusFactorBound = 30.0;
+
+// Rows [0, nt) of a tile for the kW channels at o (nv vectors, interleaved: each step's
 // exponentials of every vector are independent work, and the vectors of a 64-byte line are
-// stored one after the other); st holds rows a, b, p, w, u of width floats. Per step:
-//   d1 = p − (u + k), e = e^{−|d1|}: y = (e1·a + e2·v) / (e1·b + e2), (e1, e2) = d1 < 0 ? (e, 1) : (1, e)
-//   d2 = (p − w) − k, f = e^{−|d2|}: a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
+// stored one after the other); st holds rows a, b, p, w, u, g of width floats. Per step:
+//   d2 = (p − w) − k, f = e^{−|d2|}, (f1, f2) = d2 < 0 ? (f, 1) : (1, f)
+//   kBonusFactor:  y = (f1·a + g·f2·v) / (f1·b + g·f2)
+//   otherwise:     d1 = p − (u + k), e = e^{−|d1|}, (e1, e2) = d1 < 0 ? (e, 1) : (1, e),
+//                  y = (e1·a + e2·v) / (e1·b + e2)
+//   a = f1·a + f2·v, b = f1·b + f2, p = max(p − w, k)
 // The exponents stay in natural units and each difference is scaled by log2 e just before its
 // 2^x, so the scaling's rounding is relative to the difference (small where the weight matters),
 // not to |k| or |p|. kStore: how y is written (stream_store-inl.h). kOutput = false runs the
-// state update alone, for the rows before a thread's time segment (see Wkv4Forward): one
-// exponential per step instead of two, no division, no y.
-template <RowStore kStore, bool kOutput = true>
+// state update alone, for the rows before a thread's time segment (see Wkv4Forward): no
+// division, no y.
+template <RowStore kStore, bool kOutput = true, bool kBonusFactor = false>
 HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
                                 float* HWY_RESTRICT st, int64_t width, int64_t o) {
   const DF df;
@@ -181,20 +194,22 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
   float* sa = st + o;
   float* sb = sa + width;
   float* sp = sb + width;
+  constexpr bool kOwnExp = kOutput && !kBonusFactor;  // the output's own exponential
   V a[nv], b[nv], p[nv], w[nv], u[nv];
   for (int64_t j = 0; j < nv; ++j) {
     a[j] = hn::Load(df, sa + j * L);
     b[j] = hn::Load(df, sb + j * L);
     p[j] = hn::Load(df, sp + j * L);
     w[j] = hn::Load(df, sp + width + j * L);
-    if constexpr (kOutput) u[j] = hn::Load(df, sp + 2 * width + j * L);
+    if constexpr (kOwnExp) u[j] = hn::Load(df, sp + 2 * width + j * L);
+    if constexpr (kBonusFactor) u[j] = hn::Load(df, sp + 3 * width + j * L);  // g = e^{u−w}
   }
   for (int64_t t = 0; t < nt; ++t) {
     V kt[nv], vt[nv], d1[nv], d2[nv], e[nv], f[nv];
     for (int64_t j = 0; j < nv; ++j) {
       kt[j] = hn::LoadU(df, k.p + t * k.ld + o + j * L);
       vt[j] = hn::LoadU(df, v.p + t * v.ld + o + j * L);
-      if constexpr (kOutput) {
+      if constexpr (kOwnExp) {
         d1[j] = hn::Sub(p[j], hn::Add(u[j], kt[j]));
         e[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d1[j]), neg_log2e));
       }
@@ -204,12 +219,19 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
       f[j] = Exp2NonPositive(df, hn::Mul(hn::Abs(d2[j]), neg_log2e));
     }
     for (int64_t j = 0; j < nv; ++j) {
-      if constexpr (kOutput) {
+      const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
+      if constexpr (kBonusFactor) {
+        const V f1a = hn::Mul(f1, a[j]), f1b = hn::Mul(f1, b[j]), gf2 = hn::Mul(u[j], f2);
+        StoreRow<kStore>(hn::Div(hn::MulAdd(gf2, vt[j], f1a), hn::Add(f1b, gf2)), y + t * ldy + o + j * L);
+        a[j] = hn::MulAdd(f2, vt[j], f1a);
+        b[j] = hn::Add(f1b, f2);
+        continue;
+      }
+      if constexpr (kOwnExp) {
         const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
         const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
         StoreRow<kStore>(yv, y + t * ldy + o + j * L);
       }
-      const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
       a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
       b[j] = hn::MulAdd(f1, b[j], f2);
     }
@@ -218,6 +240,17 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
     hn::Store(a[j], df, sa + j * L);
     hn::Store(b[j], df, sb + j * L);
     hn::Store(p[j], df, sp + j * L);
+  }
+}
+
+// Wkv4ForwardTile with y, its output weighed through g where the block allows it.
+template <RowStore kStore>
+HWY_INLINE void Wkv4OutputTile(bool factor, Rows k, Rows v, float* HWY_RESTRICT y, int64_t ldy, int64_t nt,
+                               float* HWY_RESTRICT st, int64_t width, int64_t o) {
+  if (factor) {
+    Wkv4ForwardTile<kStore, true, true>(k, v, y, ldy, nt, st, width, o);
+  } else {
+    Wkv4ForwardTile<kStore, true, false>(k, v, y, ldy, nt, st, width, o);
   }
 }
 
@@ -251,11 +284,17 @@ int64_t DirectTileRows(int64_t ldk, int64_t ldv, int64_t ldy) {
 void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
                       const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_begin,
                       int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st) {
+  std::vector<char> factor(width / kW, 1);  // per block: kBonusFactor applies
   for (int64_t j = 0; j < width; ++j) {
+    const double wj = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0;
+    const double uj = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0;
     st[j] = st[width + j] = 0.0f;
     st[2 * width + j] = kWkv4EmptyExponent;
-    st[3 * width + j] = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0f;
-    st[4 * width + j] = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0f;
+    st[3 * width + j] = static_cast<float>(wj);
+    st[4 * width + j] = static_cast<float>(uj);
+    const bool bounded = std::abs(uj - wj) <= kBonusFactorBound;
+    st[5 * width + j] = bounded ? static_cast<float>(std::exp(uj - wj)) : 0.0f;
+    if (!bounded) factor[j / kW] = 0;
   }
   const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % kW == 0;
   const Rows y0 = TensorRows(y, b, 0, c0);
@@ -273,14 +312,15 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
           prefetch_l2(vr.p + r * vr.ld + o);
         }
         float* yp = const_cast<float*>(yr.p);
+        const bool f = factor[o / kW];
         if (!out) {
           Wkv4ForwardTile<RowStore::normal, false>(kr, vr, nullptr, 0, nt, st, width, o);
         } else if (store == RowStore::stream) {
-          Wkv4ForwardTile<RowStore::stream>(kr, vr, yp, yr.ld, nt, st, width, o);
+          Wkv4OutputTile<RowStore::stream>(f, kr, vr, yp, yr.ld, nt, st, width, o);
         } else if (store == RowStore::stream_halves) {
-          Wkv4ForwardTile<RowStore::stream_halves>(kr, vr, yp, yr.ld, nt, st, width, o);
+          Wkv4OutputTile<RowStore::stream_halves>(f, kr, vr, yp, yr.ld, nt, st, width, o);
         } else {
-          Wkv4ForwardTile<RowStore::normal>(kr, vr, yp, yr.ld, nt, st, width, o);
+          Wkv4OutputTile<RowStore::normal>(f, kr, vr, yp, yr.ld, nt, st, width, o);
         }
       }
     } else {
@@ -288,7 +328,8 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
       stage_rows(v, b, t0, nt, c0, nc, width, tile.v);
       for (int64_t o = 0; o < width; o += kW) {
         if (out) {
-          Wkv4ForwardTile<RowStore::normal>({tile.k, width}, {tile.v, width}, tile.y, width, nt, st, width, o);
+          Wkv4OutputTile<RowStore::normal>(factor[o / kW], {tile.k, width}, {tile.v, width}, tile.y, width, nt, st,
+                                           width, o);
         } else {
           Wkv4ForwardTile<RowStore::normal, false>({tile.k, width}, {tile.v, width}, nullptr, 0, nt, st, width, o);
         }
@@ -544,8 +585,11 @@ void Wkv6BackwardHead(const Wkv6Dims& s, const TensorView& r, const TensorView& 
 // time), so the segments shrink as they start later, to end together:
 //   len_0 = X,  len_i = X − kStateCost·start_i,  Σ len_i = T.
 // Boundaries fall on whole tiles; segments that would be shorter than a few tiles are dropped.
-constexpr double kStateCost = 0.5;  // the state update alone against a full step (one exp of two)
+// The state update alone against a full step: measured at width 128, T = 131072, 2 threads, 0.5
+// and 0.65 gave the same time (the passes stream the same k and v); 0.8 leaves one segment.
+constexpr double kStateCost = 0.5;
 constexpr int64_t kMaxGroupChannels = 1024;
+constexpr int64_t kMinGroupChannels = 128;  // rows read in segments of at least 512 bytes
 
 std::vector<int64_t> Wkv4Segments(int64_t T, int64_t n) {
   std::vector<double> len;
@@ -574,13 +618,19 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
   ThreadPool& tp = pool();
   const int64_t threads = tp.size();
   // Channel groups of at most kMaxGroupChannels (the rows a thread reads are then segments of
-  // at least 4 KiB, or whole rows); with fewer (batch, group) items than threads, each
-  // sequence is also split in time, so that threads read whole rows rather than halves of
-  // every row, which the hardware prefetchers follow poorly (two threads reading the two
-  // halves of [T, 512] rows moved half the bytes per second of two threads reading disjoint
-  // rows: lab/linear_cpu/NOTES.md).
-  const int64_t groups = (s.channels + kMaxGroupChannels - 1) / kMaxGroupChannels;
-  const int64_t gsize = (s.channels + groups - 1) / groups;
+  // at least 4 KiB, or whole rows); with fewer (batch, group) items than threads, narrower groups
+  // of at least kMinGroupChannels, so that each thread streams its own segment of every row; only
+  // where the channels run out is each sequence also split in time, the later threads first
+  // running the state alone over the rows before their segments. With the step at one
+  // exponential, the channel split is the faster of the two: B = 1, C = 512, T = 65536, 2 threads,
+  // 19-25 ms against 24-25 ms; width 256, T = 131072: 17.1-17.5 ms against 24.7-25.0 ms
+  // (lab/linear_cpu/NOTES.md, 04; before it, with two exponentials per step, half-rows streamed
+  // slowly enough that the split in time was as fast).
+  const int64_t want = (threads + s.batch - 1) / s.batch;
+  const int64_t groups0 = std::max((s.channels + kMaxGroupChannels - 1) / kMaxGroupChannels,
+                                   std::min(want, s.channels / kMinGroupChannels));
+  const int64_t gsize = ((s.channels + groups0 - 1) / groups0 + kW - 1) / kW * kW;
+  const int64_t groups = (s.channels + gsize - 1) / gsize;
   const int64_t segs_wanted = std::max<int64_t>(1, threads / std::max<int64_t>(1, s.batch * groups));
   const std::vector<int64_t> bounds = Wkv4Segments(s.seq, segs_wanted);
   const int64_t segs = static_cast<int64_t>(bounds.size()) - 1;
@@ -589,7 +639,7 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
   for (int t = 0; t < tp.size(); ++t) {
     tiles.emplace_back(width_max);
-    states.push_back(hwy::AllocateAligned<float>(5 * width_max));
+    states.push_back(hwy::AllocateAligned<float>(6 * width_max));
   }
   tp.parallel_for(s.batch * groups * segs, [&](int64_t item, int thread) {
     const int64_t seg = item % segs, g = (item / segs) % groups, b = item / (segs * groups);
