@@ -14,7 +14,14 @@
 //       in either exp); −|d| in one OR of the sign bit; 2^x by degree-5 minimax with the shifter
 //       (no round, no convert) and the exponent added to p's bits; one vector at a time
 //   v2  v1 on NV channel vectors per step, interleaved in program order
+//   v4  the library's step at the start of the seventh session (natural units, e5 with −|d|·log2 e,
+//       2 vectors interleaved, divps) against the same with one exponential per step (the bonus
+//       as the factor g = e^{u−w}, see PassV4); also 1 and 4 vectors, and rcp + Newton for 1/den
 // Reports cycles per 8-lane vector-step; clock calibrated from dependent adds in the same run.
+//
+// Seventh session (2026-11-22, idle VM, 3.19 GHz): v4 two exps 21.3-22.2 cycles, one exp
+// 13.98 (2 vectors), 15.60 (1 vector), 13.87 (4 vectors), 15.59 (2 vectors, rcp + Newton
+// instead of divps). Promoted: one exp, 2 vectors, divps.
 //   lab_linear_wkv4 [reps]
 #include <time.h>
 
