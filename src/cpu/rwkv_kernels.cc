@@ -195,14 +195,14 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
   float* sb = sa + width;
   float* sp = sb + width;
   constexpr bool kOwnExp = kOutput && !kBonusFactor;  // the output's own exponential
-  V a[nv], b[nv], p[nv], w[nv], u[nv];
+  V a[nv], b[nv], p[nv], w[nv], u[nv], g[nv];
   for (int64_t j = 0; j < nv; ++j) {
     a[j] = hn::Load(df, sa + j * L);
     b[j] = hn::Load(df, sb + j * L);
     p[j] = hn::Load(df, sp + j * L);
     w[j] = hn::Load(df, sp + width + j * L);
     if constexpr (kOwnExp) u[j] = hn::Load(df, sp + 2 * width + j * L);
-    if constexpr (kBonusFactor) u[j] = hn::Load(df, sp + 3 * width + j * L);  // g = e^{u−w}
+    if constexpr (kBonusFactor) g[j] = hn::Load(df, sp + 3 * width + j * L);
   }
   for (int64_t t = 0; t < nt; ++t) {
     V kt[nv], vt[nv], d1[nv], d2[nv], e[nv], f[nv];
@@ -221,7 +221,7 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
     for (int64_t j = 0; j < nv; ++j) {
       const V f1 = hn::IfNegativeThenElse(d2[j], f[j], one), f2 = hn::IfNegativeThenElse(d2[j], one, f[j]);
       if constexpr (kBonusFactor) {
-        const V f1a = hn::Mul(f1, a[j]), f1b = hn::Mul(f1, b[j]), gf2 = hn::Mul(u[j], f2);
+        const V f1a = hn::Mul(f1, a[j]), f1b = hn::Mul(f1, b[j]), gf2 = hn::Mul(g[j], f2);
         StoreRow<kStore>(hn::Div(hn::MulAdd(gf2, vt[j], f1a), hn::Add(f1b, gf2)), y + t * ldy + o + j * L);
         a[j] = hn::MulAdd(f2, vt[j], f1a);
         b[j] = hn::Add(f1b, f2);
