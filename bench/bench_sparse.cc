@@ -3,7 +3,7 @@
 // and again; medians), with the kept-pair ratio printed beside the time ratio. f32, D = 64,
 // B·H = 8 (B = 1, H = 8). Under load from other processes the ratios hold better than times.
 //
-//   bench_sparse [--n 4096,16384,65536] [--rounds 3] [--backward] [--cpu-time] [--threads T]
+//   bench_sparse [--n 4096,16384,65536] [--rounds 3] [--min-time 0.5] [--backward] [--cpu-time] [--threads T]
 //                [--json out.json]
 //
 // Dense flash beyond N = 16384 would take minutes per run; there it is timed on the last
@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
@@ -112,6 +113,8 @@ int main(int argc, char** argv) {
   std::string json_path;
   app.add_option("--n", ns, "sequence lengths")->delimiter(',');
   app.add_option("--rounds", rounds, "interleaved timing rounds (median)");
+  double min_time = 0.5;
+  app.add_option("--min-time", min_time, "seconds each forward runs per round at least (repeated runs, each a sample)");
   app.add_flag("--backward", backward, "also time the backward pass");
   app.add_option("--json", json_path, "write results as JSON");
   int threads = 0;
@@ -121,8 +124,9 @@ int main(int argc, char** argv) {
   measure::configure_allocator();
   if (threads > 0) attnkit::set_num_threads(threads);
 
-  fmt::print("bench_sparse: {} ({} threads), f32, D = {}, B·H = {}, {} interleaved rounds, medians of {}\n",
-             measure::cpu_name(), attnkit::num_threads(), kDim, kHeads, rounds,
+  fmt::print("bench_sparse: {} ({} threads), f32, D = {}, B·H = {}, {} interleaved rounds (each forward repeated to "
+             "{:.2f} s per round), medians of {}\n",
+             measure::cpu_name(), attnkit::num_threads(), kDim, kHeads, rounds, min_time,
              g_cpu_time ? "process CPU time (all threads)" : "wall-clock time");
   nlohmann::json results = nlohmann::json::array();
   bool all_bars = true;
@@ -162,12 +166,24 @@ int main(int argc, char** argv) {
     };
     // Interleaved rounds: dense, then each preset; the first round warms up and is dropped
     // unless it is the only one.
+    // Within a round, a forward shorter than --min-time runs again until its runs add up to it
+    // (at most 16), each run one sample: a 0.13 s preset gets four samples per round where the
+    // dense forward gets one of 3.6 s, so a short interruption by another process moves its
+    // median as little as it moves the dense one's.
     std::vector<std::vector<double>> fwd(ps.size() + 1), bwd(ps.size() + 1);
+    auto sample = [&](std::vector<double>& into, const std::function<void()>& fn, double scale) {
+      double sum = 0;
+      for (int i = 0; i < 16 && (i == 0 || sum < min_time); ++i) {
+        const double t = seconds(fn) * scale;
+        into.push_back(t);
+        sum += t;
+      }
+    };
     for (int r = 0; r <= rounds; ++r) {
-      fwd[0].push_back(seconds(dense_fwd) * dense_scale);
+      sample(fwd[0], dense_fwd, dense_scale);
       if (backward) bwd[0].push_back(seconds(dense_bwd) * dense_scale);
       for (size_t p = 0; p < ps.size(); ++p) {
-        fwd[p + 1].push_back(seconds([&] { sparse_fwd(ps[p].mask); }));
+        sample(fwd[p + 1], [&] { sparse_fwd(ps[p].mask); }, 1.0);
         if (backward) bwd[p + 1].push_back(seconds([&] { sparse_bwd(ps[p].mask); }));
       }
       if (r == 0 && rounds > 0) {
