@@ -186,6 +186,35 @@ TEST(Wkv4, OutputAlignments) {
   }
 }
 
+// The step keeps what it derives from w and u between calls; a call with another w, or another
+// u, must not reuse it: state b steps with other inputs first, then must match fresh states.
+TEST(Wkv4, StepsNoticeChangedDecayAndBonus) {
+  const Case4 c{.name = "changed", .B = 2, .T = 12, .C = 40};
+  std::mt19937_64 rng(test_seed() ^ 11);
+  const Inputs4 in = make4(c, rng), other = make4(c, rng);
+  HostTensor ya(DType::f32, {c.B, c.T, c.C}), yb(DType::f32, {c.B, c.T, c.C});
+  ya.poison();
+  yb.poison();
+  Wkv4State b(c.B, c.C);
+  wkv4_step(b, other.w.view, other.u.view, token(in.k, 0), token(in.v, 0), token(yb, 0));
+  b.reset();
+  {  // w changed, u not
+    Wkv4State a(c.B, c.C);
+    wkv4_step(a, in.w.view, other.u.view, token(in.k, 0), token(in.v, 0), token(ya, 0));
+    wkv4_step(b, in.w.view, other.u.view, token(in.k, 0), token(in.v, 0), token(yb, 0));
+    expect_close(yb, dense(ya), 1e-12, "a step after another w");
+  }
+  b.reset();
+  Wkv4State a(c.B, c.C);  // u changed, w not
+  for (int64_t s = 0; s < c.T; ++s) {
+    wkv4_step(a, in.w.view, in.u.view, token(in.k, s), token(in.v, s), token(ya, s));
+    wkv4_step(b, in.w.view, in.u.view, token(in.k, s), token(in.v, s), token(yb, s));
+  }
+  expect_close(yb, dense(ya), 1e-12, "steps after another u");
+  expect_close(ya, ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view), tolerance(DType::f32, false),
+               "steps against the reference");
+}
+
 TEST(Wkv4, LongSequencesWithExtremeDecaysStayFinite) {
   for (float w_mean : {-12.0f, 5.0f}) {
     const Case4 c{.name = "long", .T = 50000, .C = 16, .w_mean = w_mean, .k_scale = 40.0f};

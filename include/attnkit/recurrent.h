@@ -91,6 +91,7 @@ class Wkv4State {
                         const TensorView&);
   int64_t batch_, channels_;
   std::vector<float> a_, b_, p_;
+  std::vector<float> consts_;  // derived from the last step's w and u, reused while they are unchanged
 };
 
 // One token: k, v, y : [B, C];  w, u : [C].

@@ -116,24 +116,7 @@ void wkv4_step(Wkv4State& st, const TensorView& w, const TensorView& u, const Te
                             st.channels_, k.describe()));
   }
   check_out(y, "y", {s.batch, s.channels}, {{&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}});
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t c = 0; c < s.channels; ++c) {
-      const float kt = fp(k)[b * k.strides[0] + c * k.strides[1]], vt = fp(v)[b * v.strides[0] + c * v.strides[1]];
-      const float wc = fp(w)[c * w.strides[0]], uc = fp(u)[c * u.strides[0]];
-      float& a = st.a_[b * s.channels + c];
-      float& bb = st.b_[b * s.channels + c];
-      float& p = st.p_[b * s.channels + c];
-      float q = std::max(p, uc + kt);
-      float e1 = std::exp(p - q), e2 = std::exp(uc + kt - q);
-      static_cast<float*>(y.data)[b * y.strides[0] + c * y.strides[1]] = (e1 * a + e2 * vt) / (e1 * bb + e2);
-      q = std::max(p - wc, kt);
-      e1 = std::exp(p - wc - q);
-      e2 = std::exp(kt - q);
-      a = e1 * a + e2 * vt;
-      bb = e1 * bb + e2;
-      p = q;
-    }
-  }
+  cpu::wkv4_step(s, w, u, k, v, y, st.a_.data(), st.b_.data(), st.p_.data(), st.consts_);
 }
 
 void wkv6_forward(const TensorView& r, const TensorView& k, const TensorView& v, const TensorView& w,

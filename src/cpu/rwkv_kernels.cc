@@ -276,6 +276,22 @@ int64_t DirectTileRows(int64_t ldk, int64_t ldv, int64_t ldy) {
   return std::clamp(kPage / g, int64_t{2}, kTile);
 }
 
+// Rows w, u and g = e^{u−w} of st (rows 3-5 of width floats) for channels [c0, c0 + nc), zero
+// past nc; factor[i]: whether block i of kW channels weighs the output through g.
+void Wkv4Constants(const TensorView& w, const TensorView& u, int64_t c0, int64_t nc, int64_t width,
+                   float* HWY_RESTRICT st, std::vector<char>& factor) {
+  factor.assign(width / kW, 1);
+  for (int64_t j = 0; j < width; ++j) {
+    const double wj = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0;
+    const double uj = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0;
+    st[3 * width + j] = static_cast<float>(wj);
+    st[4 * width + j] = static_cast<float>(uj);
+    const bool bounded = std::abs(uj - wj) <= kBonusFactorBound;
+    st[5 * width + j] = bounded ? static_cast<float>(std::exp(uj - wj)) : 0.0f;
+    if (!bounded) factor[j / kW] = 0;
+  }
+}
+
 // Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole blocks of kW)
 // over rows [t_begin, t_end), after the state alone over rows [0, t_begin). Where the channels
 // are contiguous and nc is a multiple of kW, the tiles are read and written in place, and while
@@ -284,17 +300,11 @@ int64_t DirectTileRows(int64_t ldk, int64_t ldv, int64_t ldy) {
 void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
                       const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_begin,
                       int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st) {
-  std::vector<char> factor(width / kW, 1);  // per block: kBonusFactor applies
+  std::vector<char> factor;
+  Wkv4Constants(w, u, c0, nc, width, st, factor);
   for (int64_t j = 0; j < width; ++j) {
-    const double wj = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0;
-    const double uj = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0;
     st[j] = st[width + j] = 0.0f;
     st[2 * width + j] = kWkv4EmptyExponent;
-    st[3 * width + j] = static_cast<float>(wj);
-    st[4 * width + j] = static_cast<float>(uj);
-    const bool bounded = std::abs(uj - wj) <= kBonusFactorBound;
-    st[5 * width + j] = bounded ? static_cast<float>(std::exp(uj - wj)) : 0.0f;
-    if (!bounded) factor[j / kW] = 0;
   }
   const bool direct = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && nc % kW == 0;
   const Rows y0 = TensorRows(y, b, 0, c0);
@@ -613,6 +623,50 @@ std::vector<int64_t> Wkv4Segments(int64_t T, int64_t n) {
 
 }  // namespace
 
+// One token of every sequence: k, v, y [B, C]; the state (a, b, p) [B][C] is read and written.
+// The same tile step as the forward over one row, so a run of steps gives the forward's outputs.
+// consts keeps rows w, u, g and the blocks' flags between steps: g costs an exponential per
+// channel, as much as the step itself, and w and u rarely change from token to token.
+void Wkv4Step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+              const TensorView& y, float* sa, float* sb, float* sp, std::vector<float>& consts) {
+  const int64_t C = s.channels, width = (C + kW - 1) / kW * kW, blocks = width / kW;
+  const auto st = hwy::AllocateAligned<float>(6 * width);
+  const auto kv = hwy::AllocateAligned<float>(3 * width);
+  float *kr = kv.get(), *vr = kr + width, *yr = vr + width;
+  bool same = static_cast<int64_t>(consts.size()) == 3 * width + blocks;
+  for (int64_t j = 0; same && j < C; ++j) {
+    same = consts[j] == fptr(w)[j * w.strides[0]] && consts[width + j] == fptr(u)[j * u.strides[0]];
+  }
+  std::vector<char> factor(blocks);
+  if (same) {
+    std::copy(consts.begin(), consts.begin() + 3 * width, st.get() + 3 * width);
+    for (int64_t i = 0; i < blocks; ++i) factor[i] = consts[3 * width + i] != 0.0f;
+  } else {
+    Wkv4Constants(w, u, 0, C, width, st.get(), factor);
+    consts.assign(st.get() + 3 * width, st.get() + 6 * width);
+    for (int64_t i = 0; i < blocks; ++i) consts.push_back(factor[i] ? 1.0f : 0.0f);
+  }
+  for (int64_t bi = 0; bi < s.batch; ++bi) {
+    for (int64_t j = 0; j < width; ++j) {
+      const bool in = j < C;
+      st[j] = in ? sa[bi * C + j] : 0.0f;
+      st[width + j] = in ? sb[bi * C + j] : 0.0f;
+      st[2 * width + j] = in ? sp[bi * C + j] : kWkv4EmptyExponent;
+      kr[j] = in ? fptr(k)[bi * k.strides[0] + j * k.strides[1]] : 0.0f;
+      vr[j] = in ? fptr(v)[bi * v.strides[0] + j * v.strides[1]] : 0.0f;
+    }
+    for (int64_t o = 0; o < width; o += kW) {
+      Wkv4OutputTile<RowStore::normal>(factor[o / kW], {kr, width}, {vr, width}, yr, width, 1, st.get(), width, o);
+    }
+    for (int64_t j = 0; j < C; ++j) {
+      fptr_mut(y)[bi * y.strides[0] + j * y.strides[1]] = yr[j];
+      sa[bi * C + j] = st[j];
+      sb[bi * C + j] = st[width + j];
+      sp[bi * C + j] = st[2 * width + j];
+    }
+  }
+}
+
 void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
                  const TensorView& v, const TensorView& y) {
   ThreadPool& tp = pool();
@@ -701,12 +755,17 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace attnkit::cpu {
 HWY_EXPORT(Wkv4Forward);
+HWY_EXPORT(Wkv4Step);
 HWY_EXPORT(Wkv4Backward);
 HWY_EXPORT(Wkv6Forward);
 HWY_EXPORT(Wkv6Backward);
 void wkv4_fwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
               const TensorView& y) {
   HWY_DYNAMIC_DISPATCH(Wkv4Forward)(s, w, u, k, v, y);
+}
+void wkv4_step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+               const TensorView& y, float* a, float* b, float* p, std::vector<float>& consts) {
+  HWY_DYNAMIC_DISPATCH(Wkv4Step)(s, w, u, k, v, y, a, b, p, consts);
 }
 void wkv4_bwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
               const TensorView& dy, const TensorView& dw, const TensorView& du, const TensorView& dk,

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "attnkit/tensor.h"
 
@@ -19,6 +20,10 @@ inline constexpr float kWkv4EmptyExponent = -1e38f;
 
 void wkv4_fwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
               const TensorView& y);
+// One token per sequence: k, v, y [B, C]; a, b, p: the state, B·C floats each, updated in place;
+// consts: what the step derives from w and u, kept by the caller between steps (empty at first).
+void wkv4_step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+               const TensorView& y, float* a, float* b, float* p, std::vector<float>& consts);
 void wkv4_bwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
               const TensorView& dy, const TensorView& dw, const TensorView& du, const TensorView& dk,
               const TensorView& dv);
