@@ -4,7 +4,8 @@
 // WKV-4: SIMD lanes run channels (blocks of kW = 16, staged per chunk of kT steps like the
 // selective scan). The stable state (a, b, p) carries the sums scaled by e^{−p}. Of the two
 // exponentials e^{x − max(x, y)} and e^{y − max(x, y)} one is 1, so each merge costs a single
-// exp: e = exp(−|x − y|).
+// exp: e = exp(−|x − y|). The forward (and the step) merge once per step: the output reuses the
+// state update's factors, with the bonus as the per-channel factor e^{u−w} (Wkv4ForwardTile).
 // Backward per channel block (all batches, so dw and du need no cross-thread sums):
 //   forward pass: dw, du (they need y_t and the forward sums only) and the state at chunk starts;
 //   reverse pass per chunk: recompute y_t, q_t = ln of the denominator's scale and the scaled
