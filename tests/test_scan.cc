@@ -16,7 +16,7 @@ struct Case {
   std::string name;
   int64_t B = 1, L = 40, Dch = 16, N = 4;
   bool has_d = true, has_z = true;
-  bool strided = false;     // channel stride 2 on x, delta, z, out
+  bool strided = false;     // stride 2 on the last dim of x, delta, z, out and A
   float delta_scale = 0.1f;  // Δ ~ U(0, 2·delta_scale)
   bool mixed_sign_a = false;  // every third A positive (in (0, 0.5])
 };
@@ -62,7 +62,7 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   Inputs in;
   in.x = make({c.B, c.L, c.Dch}, c.strided);
   in.delta = make({c.B, c.L, c.Dch}, c.strided);
-  in.A = HostTensor(DType::f32, {c.Dch, c.N});
+  in.A = make({c.Dch, c.N}, c.strided);
   in.Bm = HostTensor(DType::f32, {c.B, c.L, c.N});
   in.Cm = HostTensor(DType::f32, {c.B, c.L, c.N});
   in.dout = make({c.B, c.L, c.Dch}, c.strided);

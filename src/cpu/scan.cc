@@ -134,26 +134,7 @@ void selective_scan_step(ScanState& st, const ScanInputs& in, const TensorView& 
                             st.batch_, st.channels_, st.state_dim_, s.batch, s.channels, s.state));
   }
   check_out(out, "out", in, s, true);
-  auto at = [](const TensorView& t, int64_t i, int64_t j) {
-    return static_cast<const float*>(t.data)[i * t.strides[0] + j * t.strides[1]];
-  };
-  const int64_t N = s.state;
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t d = 0; d < s.channels; ++d) {
-      const float dt = at(in.delta, b, d), x = at(in.x, b, d);
-      float* h = &st.h_[(b * s.channels + d) * N];
-      float y = s.has_d ? static_cast<const float*>(in.D.data)[d * in.D.strides[0]] * x : 0.0f;
-      for (int64_t n = 0; n < N; ++n) {
-        h[n] = std::exp(dt * at(in.A, d, n)) * h[n] + dt * at(in.B, b, n) * x;
-        y += at(in.C, b, n) * h[n];
-      }
-      if (s.has_z) {
-        const float z = at(in.z, b, d);
-        y *= z / (1.0f + std::exp(-z));
-      }
-      static_cast<float*>(out.data)[b * out.strides[0] + d * out.strides[1]] = y;
-    }
-  }
+  cpu::scan_step(s, in, out, st.h_.data());
 }
 
 double selective_scan_fwd_bytes(int64_t batch, int64_t seq, int64_t channels, int64_t state_dim, bool has_d,

@@ -21,6 +21,7 @@
 
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -383,6 +384,48 @@ void ScanForward(const ScanDims& s, const ScanInputs& in, const TensorView& out)
   });
 }
 
+// One token: x, Δ, z, out [B, Dch]; A [Dch, N]; B, C [B, N]; h [B][Dch][N], updated in place.
+// The lanes run the states of one channel (h's own layout, A's rows), full vectors first and the
+// rest one lane at a time with the same arithmetic as the forward's per lane: a = 2^{Δ·(A log2 e)},
+// h = a·h + (Δ·x)·B; then y = Σ_n C·h + D·x and the gate.
+void ScanStep(const ScanDims& s, const ScanInputs& in, const TensorView& out, float* HWY_RESTRICT h_all) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const int64_t N = s.state, L = static_cast<int64_t>(hn::Lanes(df)), Nv = N / L * L;
+  auto at = [](const TensorView& t, int64_t i, int64_t j) { return fptr(t)[i * t.strides[0] + j * t.strides[1]]; };
+  std::vector<float> bc(3 * N);  // B and C of the sequence, and A's row where its states are strided
+  float *bb = bc.data(), *cc = bb + N, *arow = cc + N;
+  // One vector (or one lane) of states [n, n + lanes) of a channel; returns C·h over them.
+  const auto states = [&](auto d, int64_t n, const float* ar, float* h, float dt, float dtx) {
+    const auto a = FastExp2(d, hn::Mul(hn::Set(d, dt), hn::Mul(hn::Set(d, kLog2e), hn::LoadU(d, ar + n))));
+    const auto hv = hn::MulAdd(a, hn::LoadU(d, h + n), hn::Mul(hn::Set(d, dtx), hn::LoadU(d, bb + n)));
+    hn::StoreU(hv, d, h + n);
+    return hn::Mul(hn::LoadU(d, cc + n), hv);
+  };
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t n = 0; n < N; ++n) bb[n] = at(in.B, b, n), cc[n] = at(in.C, b, n);
+    for (int64_t c = 0; c < s.channels; ++c) {
+      const float dt = at(in.delta, b, c), x = at(in.x, b, c), dtx = dt * x;
+      const float* ar = fptr(in.A) + c * in.A.strides[0];
+      if (in.A.strides[1] != 1) {
+        for (int64_t n = 0; n < N; ++n) arow[n] = ar[n * in.A.strides[1]];
+        ar = arow;
+      }
+      float* h = h_all + (b * s.channels + c) * N;
+      auto acc = hn::Zero(df);
+      for (int64_t n = 0; n < Nv; n += L) acc = hn::Add(acc, states(df, n, ar, h, dt, dtx));
+      float y = hn::GetLane(hn::SumOfLanes(df, acc));
+      for (int64_t n = Nv; n < N; ++n) y += hn::GetLane(states(d1, n, ar, h, dt, dtx));
+      if (s.has_d) y += fptr(in.D)[c * in.D.strides[0]] * x;
+      if (s.has_z) {
+        const float z = at(in.z, b, c);
+        y *= z / (1.0f + std::exp(-z));
+      }
+      fptr_mut(out)[b * out.strides[0] + c * out.strides[1]] = y;
+    }
+  }
+}
+
 void ScanBackward(const ScanDims& s, const ScanInputs& in, const TensorView& dout, const ScanGrads& g) {
   const int64_t blocks = (s.channels + kW - 1) / kW;
   ThreadPool& tp = pool();
@@ -418,6 +461,10 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 HWY_EXPORT(ScanForward);
 HWY_EXPORT(ScanBackward);
+HWY_EXPORT(ScanStep);
+void scan_step(const ScanDims& s, const ScanInputs& in, const TensorView& out, float* h) {
+  HWY_DYNAMIC_DISPATCH(ScanStep)(s, in, out, h);
+}
 void scan_fwd(const ScanDims& s, const ScanInputs& in, const TensorView& out) {
   HWY_DYNAMIC_DISPATCH(ScanForward)(s, in, out);
 }

@@ -13,6 +13,8 @@ struct ScanDims {
 };
 
 void scan_fwd(const ScanDims& s, const ScanInputs& in, const TensorView& out);
+// One token per sequence (x, Δ, z, out [B, Dch]; B, C [B, N]); h: the state [B][Dch][N], updated.
+void scan_step(const ScanDims& s, const ScanInputs& in, const TensorView& out, float* h);
 void scan_bwd(const ScanDims& s, const ScanInputs& in, const TensorView& dout, const ScanGrads& g);
 
 }  // namespace attnkit::cpu
