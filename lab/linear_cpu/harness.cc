@@ -1,6 +1,6 @@
 // Lab harness for the recurrent kernels: times the library's selective scan and WKV-4 forward
 // against a 2-thread memcpy, interleaved (a, memcpy, b, memcpy, ...), medians of each.
-//   lab_linear_cpu [what] [L] [threads] [reps]    what = scan | wkv4 | wkv6 | touch | linear | all
+//   lab_linear_cpu [what] [L] [threads] [reps]    what = scan | wkv4 | wkv4bwd | wkv6 | touch | linear | all
 // linear: causal elu+1 linear attention at B = 1, H = 8, D = 64, N = L, timed against an OpenBLAS
 // sgemm 2048³ instead of the memcpy (GFLOP/s from linear_attention_fwd_flops).
 // With LAB_NOCOPY set, the memcpy is skipped (for profiling the kernels alone); LAB_W sets the
@@ -108,6 +108,16 @@ int main(int argc, char** argv) {
                                              v3(x), v3(z), v3(out));
                      },
                      attnkit::wkv4_fwd_bytes(1, L, W)});
+  }
+  FVec dk4, dv4, dw4, du4;
+  if (what == "wkv4bwd") {  // the backward (dy = Δ's buffer): bytes of k, v, dy read and dk, dv written
+    dk4.resize(L * W), dv4.resize(L * W), dw4.resize(W), du4.resize(W);
+    items.push_back({"wkv4bwd", [&] {
+                       auto v3 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {1, L, W}); };
+                       auto v1 = [&](FVec& a) { return TensorView(a.data(), DType::f32, {W}); };
+                       attnkit::wkv4_backward(v1(w), v1(u), v3(x), v3(z), v3(dt), v1(dw4), v1(du4), v3(dk4), v3(dv4));
+                     },
+                     5.0 * 4.0 * static_cast<double>(L) * static_cast<double>(W)});
   }
   if (what == "touch") {  // the WKV-4 forward's memory traffic alone: y = k + v, row by row per thread
     items.push_back({"touch", [&] {
