@@ -226,15 +226,15 @@ HWY_INLINE void Wkv4ForwardTile(Rows k, Rows v, float* HWY_RESTRICT y, int64_t l
         StoreRow<kStore>(hn::Div(hn::MulAdd(gf2, vt[j], f1a), hn::Add(f1b, gf2)), y + t * ldy + o + j * L);
         a[j] = hn::MulAdd(f2, vt[j], f1a);
         b[j] = hn::Add(f1b, f2);
-        continue;
+      } else {
+        if constexpr (kOwnExp) {
+          const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
+          const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
+          StoreRow<kStore>(yv, y + t * ldy + o + j * L);
+        }
+        a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
+        b[j] = hn::MulAdd(f1, b[j], f2);
       }
-      if constexpr (kOwnExp) {
-        const V e1 = hn::IfNegativeThenElse(d1[j], e[j], one), e2 = hn::IfNegativeThenElse(d1[j], one, e[j]);
-        const V yv = hn::Div(hn::MulAdd(e1, a[j], hn::Mul(e2, vt[j])), hn::MulAdd(e1, b[j], e2));
-        StoreRow<kStore>(yv, y + t * ldy + o + j * L);
-      }
-      a[j] = hn::MulAdd(f1, a[j], hn::Mul(f2, vt[j]));
-      b[j] = hn::MulAdd(f1, b[j], f2);
     }
   }
   for (int64_t j = 0; j < nv; ++j) {
@@ -278,19 +278,25 @@ int64_t DirectTileRows(int64_t ldk, int64_t ldv, int64_t ldy) {
 }
 
 // Rows w, u and g = e^{u−w} of st (rows 3-5 of width floats) for channels [c0, c0 + nc), zero
-// past nc; factor[i]: whether block i of kW channels weighs the output through g.
+// past nc; g = 0 marks a channel beyond kBonusFactorBound (a bounded g is at least e^{−30}).
 void Wkv4Constants(const TensorView& w, const TensorView& u, int64_t c0, int64_t nc, int64_t width,
-                   float* HWY_RESTRICT st, std::vector<char>& factor) {
-  factor.assign(width / kW, 1);
+                   float* HWY_RESTRICT st) {
   for (int64_t j = 0; j < width; ++j) {
     const double wj = j < nc ? fptr(w)[(c0 + j) * w.strides[0]] : 0.0;
     const double uj = j < nc ? fptr(u)[(c0 + j) * u.strides[0]] : 0.0;
     st[3 * width + j] = static_cast<float>(wj);
     st[4 * width + j] = static_cast<float>(uj);
-    const bool bounded = std::abs(uj - wj) <= kBonusFactorBound;
-    st[5 * width + j] = bounded ? static_cast<float>(std::exp(uj - wj)) : 0.0f;
-    if (!bounded) factor[j / kW] = 0;
+    st[5 * width + j] = std::abs(uj - wj) <= kBonusFactorBound ? static_cast<float>(std::exp(uj - wj)) : 0.0f;
   }
+}
+
+// Per block of kW channels: whether it weighs the output through g (every g of the block > 0).
+std::vector<char> BonusFactorBlocks(const float* g, int64_t width) {
+  std::vector<char> factor(width / kW);
+  for (int64_t i = 0; i < width / kW; ++i) {
+    factor[i] = std::all_of(g + i * kW, g + (i + 1) * kW, [](float x) { return x > 0.0f; });
+  }
+  return factor;
 }
 
 // Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole blocks of kW)
@@ -301,8 +307,8 @@ void Wkv4Constants(const TensorView& w, const TensorView& u, int64_t c0, int64_t
 void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
                       const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_begin,
                       int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st) {
-  std::vector<char> factor;
-  Wkv4Constants(w, u, c0, nc, width, st, factor);
+  Wkv4Constants(w, u, c0, nc, width, st);
+  const std::vector<char> factor = BonusFactorBlocks(st + 5 * width, width);
   for (int64_t j = 0; j < width; ++j) {
     st[j] = st[width + j] = 0.0f;
     st[2 * width + j] = kWkv4EmptyExponent;
@@ -638,15 +644,13 @@ void Wkv4Step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const
   for (int64_t j = 0; same && j < C; ++j) {
     same = consts[j] == fptr(w)[j * w.strides[0]] && consts[width + j] == fptr(u)[j * u.strides[0]];
   }
-  std::vector<char> factor(blocks);
-  if (same) {
-    std::copy(consts.begin(), consts.begin() + 3 * width, st.get() + 3 * width);
-    for (int64_t i = 0; i < blocks; ++i) factor[i] = consts[3 * width + i] != 0.0f;
-  } else {
-    Wkv4Constants(w, u, 0, C, width, st.get(), factor);
+  if (!same) {  // rows w, u, g, then the blocks' flags
+    Wkv4Constants(w, u, 0, C, width, st.get());
     consts.assign(st.get() + 3 * width, st.get() + 6 * width);
-    for (int64_t i = 0; i < blocks; ++i) consts.push_back(factor[i] ? 1.0f : 0.0f);
+    for (const char f : BonusFactorBlocks(st.get() + 5 * width, width)) consts.push_back(f);
   }
+  std::copy(consts.begin(), consts.begin() + 3 * width, st.get() + 3 * width);
+  const float* factor = consts.data() + 3 * width;
   for (int64_t bi = 0; bi < s.batch; ++bi) {
     for (int64_t j = 0; j < width; ++j) {
       const bool in = j < C;
@@ -657,7 +661,8 @@ void Wkv4Step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const
       vr[j] = in ? fptr(v)[bi * v.strides[0] + j * v.strides[1]] : 0.0f;
     }
     for (int64_t o = 0; o < width; o += kW) {
-      Wkv4OutputTile<RowStore::normal>(factor[o / kW], {kr, width}, {vr, width}, yr, width, 1, st.get(), width, o);
+      Wkv4OutputTile<RowStore::normal>(factor[o / kW] != 0.0f, {kr, width}, {vr, width}, yr, width, 1, st.get(), width,
+                                       o);
     }
     for (int64_t j = 0; j < C; ++j) {
       fptr_mut(y)[bi * y.strides[0] + j * y.strides[1]] = yr[j];
@@ -689,12 +694,11 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
   const int64_t segs_wanted = std::max<int64_t>(1, threads / std::max<int64_t>(1, s.batch * groups));
   const std::vector<int64_t> bounds = Wkv4Segments(s.seq, segs_wanted);
   const int64_t segs = static_cast<int64_t>(bounds.size()) - 1;
-  const int64_t width_max = (gsize + kW - 1) / kW * kW;
   std::vector<Wkv4Tile> tiles;
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
   for (int t = 0; t < tp.size(); ++t) {
-    tiles.emplace_back(width_max);
-    states.push_back(hwy::AllocateAligned<float>(6 * width_max));
+    tiles.emplace_back(gsize);
+    states.push_back(hwy::AllocateAligned<float>(6 * gsize));  // gsize: whole blocks
   }
   tp.parallel_for(s.batch * groups * segs, [&](int64_t item, int thread) {
     const int64_t seg = item % segs, g = (item / segs) % groups, b = item / (segs * groups);
