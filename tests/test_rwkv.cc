@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "cpu/rwkv_kernels.h"
 #include "reference/recurrent_ref.h"
 #include "test_util.h"
 
@@ -213,6 +214,54 @@ TEST(Wkv4, StepsNoticeChangedDecayAndBonus) {
   expect_close(yb, dense(ya), 1e-12, "steps after another u");
   expect_close(ya, ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view), tolerance(DType::f32, false),
                "steps against the reference");
+}
+
+// The forward's splits of one sequence in time, forced at sizes the automatic choice would give
+// to the other (or to neither), on 2 to 4 threads: the rerun (segments from the empty state,
+// their first rows computed again from the true start state until it no longer weighs) and the
+// state pass. Keys of +40 every 64 rows make a start state dominate a segment for dozens of rows
+// beyond what w predicts; slow decays make the rerun span whole segments.
+TEST(Wkv4, TimeSplitsMatchReference) {
+  struct Split {
+    Case4 c;
+    bool spikes;
+  };
+  const Split splits[] = {
+      {{.name = "mixed", .T = 600, .C = 32}, false},
+      {{.name = "spikes", .T = 600, .C = 48}, true},
+      {{.name = "slow", .T = 400, .C = 16, .w_mean = -6.0f}, false},
+      {{.name = "fast", .B = 2, .T = 500, .C = 32, .w_mean = 2.0f, .k_scale = 4.0f}, true},
+      {{.name = "bonus_edges", .T = 300, .C = 48, .k_scale = 4.0f, .bonus_edges = true}, true},
+      {{.name = "odd_channels", .T = 300, .C = 40}, false},  // not whole blocks: no rerun
+  };
+  cpu::Wkv4FwdTuning& tune = cpu::wkv4_fwd_tuning();
+  const cpu::Wkv4FwdTuning saved = tune;
+  const int threads = num_threads();
+  for (const Split& sp : splits) {
+    std::mt19937_64 rng(test_seed() ^ 13);
+    Inputs4 in = make4(sp.c, rng);
+    if (sp.spikes) {
+      for (int64_t b = 0; b < sp.c.B; ++b)
+        for (int64_t t = 60; t < sp.c.T; t += 64)
+          for (int64_t j = 0; j < sp.c.C; ++j) in.k.set((b * sp.c.T + t) * sp.c.C + j, 40.0f);
+    }
+    const std::vector<double> want = ref::wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view);
+    for (const cpu::Wkv4TimeSplit mode :
+         {cpu::Wkv4TimeSplit::rerun, cpu::Wkv4TimeSplit::state_pass, cpu::Wkv4TimeSplit::automatic}) {
+      for (const int n : {2, 3, 4}) {
+        tune.time_split = mode;
+        set_num_threads(n);
+        HostTensor y(DType::f32, {sp.c.B, sp.c.T, sp.c.C});
+        y.poison();
+        wkv4_forward(in.w.view, in.u.view, in.k.view, in.v.view, y.view);
+        expect_close(y, want, tol4(sp.c, false),
+                     sp.c.name + ", split " + std::to_string(static_cast<int>(mode)) + ", " + std::to_string(n) +
+                         " threads");
+      }
+    }
+  }
+  tune = saved;
+  set_num_threads(threads);
 }
 
 TEST(Wkv4, LongSequencesWithExtremeDecaysStayFinite) {

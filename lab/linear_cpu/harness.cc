@@ -4,7 +4,8 @@
 // linear: causal elu+1 linear attention at B = 1, H = 8, D = 64, N = L, timed against an OpenBLAS
 // sgemm 2048³ instead of the memcpy (GFLOP/s from linear_attention_fwd_flops).
 // With LAB_NOCOPY set, the memcpy is skipped (for profiling the kernels alone); LAB_W sets the
-// width (default 512); LAB_FLUSH streams 256 MiB through the caches before every timed run.
+// width (default 512); LAB_FLUSH streams 256 MiB through the caches before every timed run;
+// LAB_SPLIT (rerun | state_pass | automatic) sets the WKV-4 forward's split in time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include <time.h>
 
 #include "attnkit/attnkit.h"
+#include "cpu/rwkv_kernels.h"
 #include "../../bench/aligned_vector.h"
 
 namespace {
@@ -65,6 +67,12 @@ int main(int argc, char** argv) {
   const int64_t cb = int64_t{512} << 20;
   std::vector<char> src(cb, 1), dst(cb, 0);
   const bool nocopy = std::getenv("LAB_NOCOPY") != nullptr;
+  if (const char* split = std::getenv("LAB_SPLIT")) {  // the WKV-4 forward's split in time: rerun | state_pass
+    attnkit::cpu::wkv4_fwd_tuning().time_split = std::string(split) == "rerun" ? attnkit::cpu::Wkv4TimeSplit::rerun
+                                                 : std::string(split) == "state_pass"
+                                                     ? attnkit::cpu::Wkv4TimeSplit::state_pass
+                                                     : attnkit::cpu::Wkv4TimeSplit::automatic;
+  }
   FVec q8, k8, v8, o8, ga, gb, gc;  // linear attention and its sgemm ceiling
   auto copy = [&] {
     if (nocopy) return;

@@ -6,6 +6,8 @@
 // exponentials e^{x − max(x, y)} and e^{y − max(x, y)} one is 1, so each merge costs a single
 // exp: e = exp(−|x − y|). The forward (and the step) merge once per step: the output reuses the
 // state update's factors, with the bonus as the per-channel factor e^{u−w} (Wkv4ForwardTile).
+// A sequence shared by several threads is split in time: each segment from the empty state, then
+// the first rows of the later ones again from their true start state (Wkv4RerunGroup).
 // Backward per channel block (all batches, so dw and du need no cross-thread sums):
 //   forward pass: dw, du (they need y_t and the forward sums only) and the state at chunk starts;
 //   reverse pass per chunk: recompute y_t, q_t = ln of the denominator's scale and the scaled
@@ -299,14 +301,36 @@ std::vector<char> BonusFactorBlocks(const float* g, int64_t width) {
   return factor;
 }
 
+// One tile of rows [0, nt) of kr, vr, yr for the block of channels at o, read and written in
+// place (out = false: the state alone, no y); first the block's lines of the next `ahead` rows
+// are prefetched, so that they arrive while this tile computes.
+HWY_INLINE void Wkv4InPlaceTile(RowStore store, bool out, bool factor, Rows kr, Rows vr, Rows yr, int64_t nt,
+                                int64_t ahead, float* HWY_RESTRICT st, int64_t width, int64_t o) {
+  for (int64_t r = nt; r < nt + ahead; ++r) {
+    prefetch_l2(kr.p + r * kr.ld + o);
+    prefetch_l2(vr.p + r * vr.ld + o);
+  }
+  float* yp = const_cast<float*>(yr.p);
+  if (!out) {
+    Wkv4ForwardTile<RowStore::normal, false>(kr, vr, nullptr, 0, nt, st, width, o);
+  } else if (store == RowStore::stream) {
+    Wkv4OutputTile<RowStore::stream>(factor, kr, vr, yp, yr.ld, nt, st, width, o);
+  } else if (store == RowStore::stream_halves) {
+    Wkv4OutputTile<RowStore::stream_halves>(factor, kr, vr, yp, yr.ld, nt, st, width, o);
+  } else {
+    Wkv4OutputTile<RowStore::normal>(factor, kr, vr, yp, yr.ld, nt, st, width, o);
+  }
+}
+
 // Forward for channels [c0, c0 + nc) of batch b (width: nc rounded up to whole blocks of kW)
-// over rows [t_begin, t_end), after the state alone over rows [0, t_begin). Where the channels
-// are contiguous and nc is a multiple of kW, the tiles are read and written in place, and while
-// a block computes its tile, its lines of the next tile's rows are prefetched; otherwise each
-// tile is staged into padded buffers and back.
+// over rows [t_begin, t_end), from the empty state at row t_state (≤ t_begin), running the state
+// alone over rows [t_state, t_begin). Where the channels are contiguous and nc is a multiple of
+// kW, the tiles are read and written in place; otherwise each tile is staged into padded buffers
+// and back. end_state (if given) receives the state after row t_end − 1: rows a, b, p of width.
 void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
-                      const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_begin,
-                      int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st) {
+                      const TensorView& y, int64_t b, int64_t c0, int64_t nc, int64_t width, int64_t t_state,
+                      int64_t t_begin, int64_t t_end, Wkv4Tile& tile, float* HWY_RESTRICT st,
+                      float* HWY_RESTRICT end_state) {
   Wkv4Constants(w, u, c0, nc, width, st);
   const std::vector<char> factor = BonusFactorBlocks(st + 5 * width, width);
   for (int64_t j = 0; j < width; ++j) {
@@ -317,29 +341,13 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
   const Rows y0 = TensorRows(y, b, 0, c0);
   const RowStore store = direct ? ChooseRowStore(y0.p, y0.ld) : RowStore::normal;
   const int64_t rows = direct ? DirectTileRows(k.strides[1], v.strides[1], y.strides[1]) : kTile;
-  for (int64_t t0 = 0; t0 < t_end; t0 += rows) {
+  for (int64_t t0 = t_state; t0 < t_end; t0 += rows) {
     const int64_t nt = std::min({rows, t_end - t0, t0 < t_begin ? t_begin - t0 : rows});
     const bool out = t0 >= t_begin;
     if (direct) {
       const Rows kr = TensorRows(k, b, t0, c0), vr = TensorRows(v, b, t0, c0), yr = TensorRows(y, b, t0, c0);
       const int64_t ahead = std::min(rows, t_end - t0 - nt);  // rows of the next tile
-      for (int64_t o = 0; o < nc; o += kW) {
-        for (int64_t r = nt; r < nt + ahead; ++r) {  // this block's line of each of the next tile's rows
-          prefetch_l2(kr.p + r * kr.ld + o);
-          prefetch_l2(vr.p + r * vr.ld + o);
-        }
-        float* yp = const_cast<float*>(yr.p);
-        const bool f = factor[o / kW];
-        if (!out) {
-          Wkv4ForwardTile<RowStore::normal, false>(kr, vr, nullptr, 0, nt, st, width, o);
-        } else if (store == RowStore::stream) {
-          Wkv4OutputTile<RowStore::stream>(f, kr, vr, yp, yr.ld, nt, st, width, o);
-        } else if (store == RowStore::stream_halves) {
-          Wkv4OutputTile<RowStore::stream_halves>(f, kr, vr, yp, yr.ld, nt, st, width, o);
-        } else {
-          Wkv4OutputTile<RowStore::normal>(f, kr, vr, yp, yr.ld, nt, st, width, o);
-        }
-      }
+      for (int64_t o = 0; o < nc; o += kW) Wkv4InPlaceTile(store, out, factor[o / kW], kr, vr, yr, nt, ahead, st, width, o);
     } else {
       stage_rows(k, b, t0, nt, c0, nc, width, tile.k);
       stage_rows(v, b, t0, nt, c0, nc, width, tile.v);
@@ -353,6 +361,55 @@ void Wkv4ForwardGroup(const TensorView& w, const TensorView& u, const TensorView
       }
       if (out) unstage_rows(tile.y, width, y, b, t0, nt, c0, nc);
     }
+  }
+  if (store != RowStore::normal) hwy::FlushStream();
+  if (end_state != nullptr) std::copy(st, st + 3 * width, end_state);
+}
+
+// The rerun of a time split. A segment computed from the empty state is exact once its true
+// start state S (at row t_begin) no longer weighs: after j rows S contributes e^{p_S − j·w}·(a_S,
+// b_S) to the true sums (a, b), and its share s = e^{p_S − j·w − p}·b_S / b of the denominator
+// only falls (both parts decay by e^{−w} per row, and the segment's own part also grows by
+// e^{k}). The output computed without S differs from the true one by at most s·(|a_S / b_S| +
+// |y|), a multiple of the outputs' own scale: below e^{−kRerunExponent} ≈ 1.5e-8 that is under
+// f32's rounding of the sums themselves.
+constexpr double kRerunExponent = 18.0;
+constexpr int64_t kRerunCheckRows = 32;  // how often the rerun tests its blocks for convergence
+
+// Rows [t_begin, t_end) of the blocks [blk0, blk1) of the group at c0 (width channels, read in
+// place) computed again from the true start state (rows a, b, p of `start`), overwriting y; a
+// block stops once every channel's share s of S has fallen below e^{−kRerunExponent}.
+void Wkv4RerunGroup(const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
+                    const TensorView& y, int64_t b, int64_t c0, int64_t width, int64_t t_begin, int64_t t_end,
+                    int64_t blk0, int64_t blk1, const float* HWY_RESTRICT start, float* HWY_RESTRICT st) {
+  Wkv4Constants(w, u, c0, width, width, st);
+  const std::vector<char> factor = BonusFactorBlocks(st + 5 * width, width);
+  std::copy(start, start + 3 * width, st);
+  std::vector<double> lead(width);  // p_S + ln b_S: the exponent of S's denominator at t_begin
+  for (int64_t j = 0; j < width; ++j) {
+    lead[j] = start[width + j] > 0.0f ? double{start[2 * width + j]} + std::log(double{start[width + j]})
+                                      : -HUGE_VAL;
+  }
+  std::vector<int64_t> active;
+  for (int64_t i = blk0; i < blk1; ++i) active.push_back(i);
+  const Rows y0 = TensorRows(y, b, 0, c0);
+  const RowStore store = ChooseRowStore(y0.p, y0.ld);
+  const int64_t rows = DirectTileRows(k.strides[1], v.strides[1], y.strides[1]);
+  for (int64_t t0 = t_begin; t0 < t_end && !active.empty(); t0 += rows) {
+    const int64_t nt = std::min(rows, t_end - t0), ahead = std::min(rows, t_end - t0 - nt);
+    const Rows kr = TensorRows(k, b, t0, c0), vr = TensorRows(v, b, t0, c0), yr = TensorRows(y, b, t0, c0);
+    for (const int64_t i : active) Wkv4InPlaceTile(store, true, factor[i], kr, vr, yr, nt, ahead, st, width, i * kW);
+    const int64_t done = t0 + nt - t_begin;
+    if (done % kRerunCheckRows != 0) continue;
+    const auto converged = [&](int64_t i) {
+      for (int64_t j = i * kW; j < (i + 1) * kW; ++j) {
+        // ln s + kRerunExponent = x − ln b, with b ≥ 1 (the largest term of the sums has weight 1)
+        const double x = lead[j] - double(done) * st[3 * width + j] - st[2 * width + j] + kRerunExponent;
+        if (!(x <= 0.0 || (x < 80.0 && std::exp(x) < st[width + j]))) return false;
+      }
+      return true;
+    };
+    active.erase(std::remove_if(active.begin(), active.end(), converged), active.end());
   }
   if (store != RowStore::normal) hwy::FlushStream();
 }
@@ -673,26 +730,58 @@ void Wkv4Step(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const
   }
 }
 
+// Equal time segments of T steps for n threads on whole tiles, each at least 4 tiles long (fewer
+// segments where T is short).
+std::vector<int64_t> EqualSegments(int64_t T, int64_t n) {
+  n = std::clamp<int64_t>(T / (4 * kTile), 1, n);
+  std::vector<int64_t> bounds = {0};
+  for (int64_t i = 1; i < n; ++i) bounds.push_back(T * i / n / kTile * kTile);
+  bounds.push_back(T);
+  return bounds;
+}
+
+// The rerun's expected length as a share of a segment of len rows, averaged over the blocks: S's
+// share of a channel's denominator starts near 1 and falls by e^{−w} per row, so a block takes
+// about (kRerunExponent + 6) / w rows for its slowest channel (the 6 e-folds for the segment's
+// own sums still growing), at most the whole segment (w ≤ 0: S never fades).
+double RerunShare(const TensorView& w, int64_t C, int64_t len) {
+  double rows = 0;
+  int64_t blocks = 0;
+  for (int64_t c0 = 0; c0 < C; c0 += kW, ++blocks) {
+    double lo = HUGE_VAL;
+    for (int64_t j = c0; j < std::min(C, c0 + kW); ++j) lo = std::min(lo, double{fptr(w)[j * w.strides[0]]});
+    rows += lo > 0.0 ? std::min(double(len), (kRerunExponent + 6.0) / lo) : double(len);
+  }
+  return rows / double(blocks) / double(len);
+}
+constexpr double kMaxRerunShare = 0.25;
+
 void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k,
                  const TensorView& v, const TensorView& y) {
   ThreadPool& tp = pool();
   const int64_t threads = tp.size();
-  // Channel groups of at most kMaxGroupChannels (the rows a thread reads are then segments of
-  // at least 4 KiB, or whole rows); with fewer (batch, group) items than threads, narrower groups
-  // of at least kMinGroupChannels, so that each thread streams its own segment of every row; only
-  // where the channels run out is each sequence also split in time, the later threads first
-  // running the state alone over the rows before their segments. With the step at one
-  // exponential, the channel split is the faster of the two: B = 1, C = 512, T = 65536, 2 threads,
-  // 19-25 ms against 24-25 ms; width 256, T = 131072: 17.1-17.5 ms against 24.7-25.0 ms
-  // (lab/linear_cpu/NOTES.md, 04; before it, with two exponentials per step, half-rows streamed
-  // slowly enough that the split in time was as fast).
+  const Wkv4TimeSplit mode = wkv4_fwd_tuning().time_split;
+  // Channel groups of at most kMaxGroupChannels, so that the rows a thread reads are whole rows or
+  // segments of at least 4 KiB. With fewer (batch, group) items than threads, each sequence is
+  // split in time with the rerun where the decays allow it: threads then stream whole rows, which
+  // two threads on the halves of every row cannot: B = 1, C = 512, T = 65536, 2 threads, 22.8-25.0 ms
+  // against 25.2-29.6 ms for two channel groups (lab/linear_cpu/NOTES.md, 05). Otherwise
+  // narrower groups of at least kMinGroupChannels, and where those run out, the split in time
+  // with the state pass.
+  const int64_t whole = (s.channels + kMaxGroupChannels - 1) / kMaxGroupChannels;
+  const int64_t gsize_r = ((s.channels + whole - 1) / whole + kW - 1) / kW * kW;
+  const int64_t groups_r = (s.channels + gsize_r - 1) / gsize_r;
+  const std::vector<int64_t> even = EqualSegments(s.seq, threads / std::max<int64_t>(1, s.batch * groups_r));
+  const bool in_place = k.strides[2] == 1 && v.strides[2] == 1 && y.strides[2] == 1 && s.channels % kW == 0;
+  const bool rerun = mode != Wkv4TimeSplit::state_pass && even.size() > 2 && in_place &&
+                     (mode == Wkv4TimeSplit::rerun || RerunShare(w, s.channels, even[1]) <= kMaxRerunShare);
   const int64_t want = (threads + s.batch - 1) / s.batch;
-  const int64_t groups0 = std::max((s.channels + kMaxGroupChannels - 1) / kMaxGroupChannels,
-                                   std::min(want, s.channels / kMinGroupChannels));
+  const int64_t groups0 = rerun ? whole
+                                : std::max(whole, std::min(want, s.channels / kMinGroupChannels));
   const int64_t gsize = ((s.channels + groups0 - 1) / groups0 + kW - 1) / kW * kW;
   const int64_t groups = (s.channels + gsize - 1) / gsize;
   const int64_t segs_wanted = std::max<int64_t>(1, threads / std::max<int64_t>(1, s.batch * groups));
-  const std::vector<int64_t> bounds = Wkv4Segments(s.seq, segs_wanted);
+  const std::vector<int64_t> bounds = rerun ? even : Wkv4Segments(s.seq, segs_wanted);
   const int64_t segs = static_cast<int64_t>(bounds.size()) - 1;
   std::vector<Wkv4Tile> tiles;
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> states;
@@ -700,11 +789,47 @@ void Wkv4Forward(const Wkv4Dims& s, const TensorView& w, const TensorView& u, co
     tiles.emplace_back(gsize);
     states.push_back(hwy::AllocateAligned<float>(6 * gsize));  // gsize: whole blocks
   }
-  tp.parallel_for(s.batch * groups * segs, [&](int64_t item, int thread) {
+  const int64_t items = s.batch * groups * segs;
+  std::vector<float> ends(rerun ? items * 3 * gsize : 0);  // each item's state at its last row
+  tp.parallel_for(items, [&](int64_t item, int thread) {
     const int64_t seg = item % segs, g = (item / segs) % groups, b = item / (segs * groups);
     const int64_t c0 = g * gsize, nc = std::min(gsize, s.channels - c0);
-    Wkv4ForwardGroup(w, u, k, v, y, b, c0, nc, (nc + kW - 1) / kW * kW, bounds[seg], bounds[seg + 1], tiles[thread],
-                     states[thread].get());
+    Wkv4ForwardGroup(w, u, k, v, y, b, c0, nc, (nc + kW - 1) / kW * kW, rerun ? bounds[seg] : 0, bounds[seg],
+                     bounds[seg + 1], tiles[thread], states[thread].get(), rerun ? &ends[item * 3 * gsize] : nullptr);
+  });
+  if (!rerun) return;
+  // The true state at each later segment's start: the previous segment's own end state plus the
+  // true state at its start, decayed over its rows, e^{−len·w} (a merge of two stable states).
+  std::vector<float> starts(items * 3 * gsize);
+  for (int64_t bg = 0; bg < s.batch * groups; ++bg) {
+    const int64_t c0 = bg % groups * gsize, nc = std::min(gsize, s.channels - c0);
+    for (int64_t j = 0; j < nc; ++j) {
+      const double wj = fptr(w)[(c0 + j) * w.strides[0]];
+      double a = 0, bs = 0, p = kWkv4EmptyExponent;
+      for (int64_t seg = 1; seg < segs; ++seg) {
+        const float* e = &ends[(bg * segs + seg - 1) * 3 * gsize];
+        const double pd = p - double(bounds[seg] - bounds[seg - 1]) * wj, pe = e[2 * nc + j];
+        const double m = std::max(pd, pe), fd = std::exp(pd - m), fe = std::exp(pe - m);
+        a = a * fd + e[j] * fe;
+        bs = bs * fd + e[nc + j] * fe;
+        p = m;
+        float* st = &starts[(bg * segs + seg) * 3 * gsize];  // rows a, b, p of nc (a whole number of blocks)
+        st[j] = static_cast<float>(a);
+        st[nc + j] = static_cast<float>(bs);
+        st[2 * nc + j] = static_cast<float>(p);
+      }
+    }
+  }
+  // Each later segment's first rows again, its blocks shared out among the threads.
+  const int64_t blocks = gsize / kW, parts = std::min(blocks, threads);
+  const int64_t later = s.batch * groups * (segs - 1);
+  tp.parallel_for(later * parts, [&](int64_t item, int thread) {
+    const int64_t part = item % parts, rest = item / parts;
+    const int64_t seg = 1 + rest % (segs - 1), bg = rest / (segs - 1);
+    const int64_t b = bg / groups, c0 = bg % groups * gsize, width = std::min(gsize, s.channels - c0);
+    const int64_t nb = width / kW;
+    Wkv4RerunGroup(w, u, k, v, y, b, c0, width, bounds[seg], bounds[seg + 1], part * nb / parts,
+                   (part + 1) * nb / parts, &starts[(bg * segs + seg) * 3 * gsize], states[thread].get());
   });
 }
 
@@ -759,6 +884,10 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace attnkit::cpu {
+Wkv4FwdTuning& wkv4_fwd_tuning() {
+  static Wkv4FwdTuning tuning;
+  return tuning;
+}
 HWY_EXPORT(Wkv4Forward);
 HWY_EXPORT(Wkv4Step);
 HWY_EXPORT(Wkv4Backward);

@@ -18,6 +18,17 @@ struct Wkv6Dims {
 // The initial exponent of the stable WKV-4 state: e^{p} with p this low is exactly 0 in f32.
 inline constexpr float kWkv4EmptyExponent = -1e38f;
 
+// How the WKV-4 forward splits a sequence in time when there are fewer (batch, channel group)
+// items than threads. rerun: every segment starts from the empty state, and afterwards the rows
+// of a later segment where its true start state still weighs are computed again; state_pass:
+// each later thread first runs the state update alone over the rows before its segment.
+// automatic picks rerun where the decays w make the rerun short; tests force each.
+enum class Wkv4TimeSplit { automatic, rerun, state_pass };
+struct Wkv4FwdTuning {
+  Wkv4TimeSplit time_split = Wkv4TimeSplit::automatic;
+};
+Wkv4FwdTuning& wkv4_fwd_tuning();
+
 void wkv4_fwd(const Wkv4Dims& s, const TensorView& w, const TensorView& u, const TensorView& k, const TensorView& v,
               const TensorView& y);
 // One token per sequence: k, v, y [B, C]; a, b, p: the state, B·C floats each, updated in place;
