@@ -1,5 +1,5 @@
 // RWKV time-mixing entry points (include/attnkit/recurrent.h): validation, dispatch to the
-// Highway kernels (rwkv_kernels.cc) and the streaming steps.
+// Highway kernels (rwkv_kernels.cc for WKV-4, rwkv6_kernels.cc for WKV-6) and the streaming steps.
 #include <fmt/format.h>
 
 #include <algorithm>
