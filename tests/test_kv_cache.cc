@@ -2,6 +2,7 @@
 // write, sliding-window release, pool exhaustion (an error that changes nothing), validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -162,6 +163,52 @@ TEST(KVCache, PoolExhaustionThrowsAndChangesNothing) {
   // Freeing the fork makes room again.
   c.remove_sequence(b);
   EXPECT_EQ(c.grow(a, 2), 10);
+}
+
+// Pages come from the pool lowest first, whatever order others freed them in: sequences that
+// grow after random churn get ascending pages (what the GPU decode reads fastest), and their
+// rows survive the reuse.
+TEST(KVCache, PagesAreTakenLowestFirst) {
+  std::mt19937_64 rng(test_seed());
+  constexpr int64_t kPages = 64, kPs = 4;
+  KVCache c(config(kPages, kPs));
+  std::vector<SeqId> others;
+  for (int i = 0; i < 16; ++i) {
+    others.push_back(c.add_sequence());
+    Rows r(4 * kPs, rng);
+    put(c, others.back(), r);
+  }
+  ASSERT_EQ(c.free_pages(), 0);
+  // Free a random half of the sequences, in random order, and a tail page of some others.
+  std::shuffle(others.begin(), others.end(), rng);
+  std::vector<int32_t> freed;
+  for (int i = 0; i < 8; ++i) {
+    for (int32_t p : c.page_table(others[i])) freed.push_back(p);
+    c.remove_sequence(others[i]);
+  }
+  for (int i = 8; i < 12; ++i) {
+    freed.push_back(c.page_table(others[i]).back());
+    c.truncate(others[i], 3 * kPs);
+  }
+  std::sort(freed.begin(), freed.end());
+  ASSERT_EQ(c.free_pages(), static_cast<int64_t>(freed.size()));
+  // Four sequences growing together, a page each in turn, take the freed pages in address order.
+  std::vector<SeqId> grown;
+  std::vector<Rows> rows;
+  for (int i = 0; i < 4; ++i) grown.push_back(c.add_sequence());
+  const int64_t per_seq = static_cast<int64_t>(freed.size()) / 4;
+  for (int64_t j = 0; j < per_seq; ++j) {
+    for (int i = 0; i < 4; ++i) {
+      rows.emplace_back(kPs, rng);
+      put(c, grown[i], rows.back());
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    const auto table = c.page_table(grown[i]);
+    ASSERT_EQ(static_cast<int64_t>(table.size()), per_seq);
+    for (int64_t j = 0; j < per_seq; ++j) EXPECT_EQ(table[j], freed[j * 4 + i]) << "sequence " << i << ", page " << j;
+    for (int64_t j = 0; j < per_seq; ++j) EXPECT_EQ(get(c, grown[i], j * kPs, kPs, 1), rows[j * 4 + i].v);
+  }
 }
 
 TEST(KVCache, TruncateAndAppendAllLayers) {

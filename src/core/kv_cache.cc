@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <numeric>
 
 #include "attnkit/error.h"
 #include "core/big_alloc.h"
@@ -133,8 +135,9 @@ KVCache::KVCache(const KVCacheConfig& config) : config_(config), pool_(nullptr, 
   }
   if (config_.dtype == KVDType::int8) scales_.assign(static_cast<size_t>(config_.num_pages * blocks), 0.0f);
   refs_.assign(static_cast<size_t>(config_.num_pages), 0);
-  free_.reserve(static_cast<size_t>(config_.num_pages));
-  for (int64_t p = config_.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+  // Ascending order is already a heap under std::greater: page 0 is taken first.
+  free_.resize(static_cast<size_t>(config_.num_pages));
+  std::iota(free_.begin(), free_.end(), 0);
 }
 
 KVCache::~KVCache() = default;
@@ -230,10 +233,17 @@ SeqId KVCache::fork(SeqId parent, int64_t prefix_len) {
 }
 
 void KVCache::release_page(int32_t page) {
-  if (--refs_[page] == 0) free_.push_back(page);
+  if (--refs_[page] != 0) return;
+  free_.push_back(page);
+  std::push_heap(free_.begin(), free_.end(), std::greater<>());
 }
 
+// The lowest free page, so that a sequence's pages ascend in the pool even after other
+// sequences came and went: a decode kernel that streams them then walks up through memory and
+// touches few address-translation pages at a time (a stack would hand pages back in the order
+// they were freed, scattered over the pool; lab/cuda_decode/NOTES.md, 06 and 21).
 int32_t KVCache::take_page() {
+  std::pop_heap(free_.begin(), free_.end(), std::greater<>());
   const int32_t p = free_.back();
   free_.pop_back();
   refs_[p] = 1;
