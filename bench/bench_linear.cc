@@ -42,6 +42,7 @@ using attnkit::TensorView;
 using Clock = std::chrono::steady_clock;
 
 using attnkit_bench::FVec;
+using attnkit_bench::HugeVec;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -87,8 +88,9 @@ std::pair<double, double> paired_times(const std::function<void()>& a, const std
 
 int runs_for(int64_t n) { return n <= 16384 ? 7 : n <= 65536 ? 5 : 3; }
 
-FVec randn(int64_t n, float scale, uint64_t seed) {
-  FVec v(n);
+template <class Vec = FVec>
+Vec randn(int64_t n, float scale, uint64_t seed) {
+  Vec v(n);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::normal_distribution<float> nd(0.0f, scale);
   // A short random table repeated with a stride pattern: fast to fill for gigabyte buffers.
@@ -98,8 +100,9 @@ FVec randn(int64_t n, float scale, uint64_t seed) {
   return v;
 }
 
-FVec uniform(int64_t n, float lo, float hi, uint64_t seed) {
-  FVec v(n);
+template <class Vec = FVec>
+Vec uniform(int64_t n, float lo, float hi, uint64_t seed) {
+  Vec v(n);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(lo, hi);
   std::vector<float> table(65537);
@@ -214,14 +217,16 @@ double time_linear(int64_t B, int64_t H, int64_t D, int64_t N, attnkit::FeatureM
   return median_time(linear_runner(B, H, D, N, map, m), runs_for(N));
 }
 
+// Vec: FVec (a user's tensors) or HugeVec (the same on transparent huge pages).
+template <class Vec = FVec>
 Runner scan_runner(int64_t Dch, int64_t Ns, int64_t N) {
   struct Bufs {
-    FVec x, dt, z, out, A, Bm, Cm, D;
+    Vec x, dt, z, out, A, Bm, Cm, D;
   };
   auto b = std::make_shared<Bufs>();
-  FVec x = randn(N * Dch, 1, 9), dt = uniform(N * Dch, 0.001f, 0.1f, 10), z = randn(N * Dch, 1, 11),
-                     out(N * Dch), A = uniform(Dch * Ns, -2.0f, -0.1f, 12), Bm = randn(N * Ns, 1, 13),
-                     Cm = randn(N * Ns, 1, 14), D = randn(Dch, 1, 15);
+  Vec x = randn<Vec>(N * Dch, 1, 9), dt = uniform<Vec>(N * Dch, 0.001f, 0.1f, 10), z = randn<Vec>(N * Dch, 1, 11),
+      out(N * Dch), A = uniform<Vec>(Dch * Ns, -2.0f, -0.1f, 12), Bm = randn<Vec>(N * Ns, 1, 13),
+      Cm = randn<Vec>(N * Ns, 1, 14), D = randn<Vec>(Dch, 1, 15);
   b->x = std::move(x), b->dt = std::move(dt), b->z = std::move(z), b->out = std::move(out), b->A = std::move(A);
   b->Bm = std::move(Bm), b->Cm = std::move(Cm), b->D = std::move(D);
   return [=] {
@@ -235,12 +240,13 @@ Runner scan_runner(int64_t Dch, int64_t Ns, int64_t N) {
 
 double time_scan(int64_t Dch, int64_t Ns, int64_t N) { return median_time(scan_runner(Dch, Ns, N), runs_for(N)); }
 
+template <class Vec = FVec>
 Runner wkv4_runner(int64_t C, int64_t N) {
-  auto w = std::make_shared<FVec>(uniform(C, 0.01f, 3.0f, 16)), u = std::make_shared<FVec>(randn(C, 1, 17)),
-       k = std::make_shared<FVec>(randn(N * C, 1, 18)), v = std::make_shared<FVec>(randn(N * C, 1, 19)),
-       y = std::make_shared<FVec>(N * C);
+  auto w = std::make_shared<Vec>(uniform<Vec>(C, 0.01f, 3.0f, 16)), u = std::make_shared<Vec>(randn<Vec>(C, 1, 17)),
+       k = std::make_shared<Vec>(randn<Vec>(N * C, 1, 18)), v = std::make_shared<Vec>(randn<Vec>(N * C, 1, 19)),
+       y = std::make_shared<Vec>(N * C);
   return [=] {
-    auto v3 = [&](FVec& x) { return TensorView(x.data(), DType::f32, {1, N, C}); };
+    auto v3 = [&](Vec& x) { return TensorView(x.data(), DType::f32, {1, N, C}); };
     attnkit::wkv4_forward(TensorView(w->data(), DType::f32, {C}), TensorView(u->data(), DType::f32, {C}), v3(*k), v3(*v), v3(*y));
   };
 }
@@ -287,6 +293,11 @@ void bars() {
        attnkit::selective_scan_fwd_bytes(1, L, W, 16, true, true), true},
       {"WKV-4, C=512, T=65536", wkv4_runner(W, L), attnkit::wkv4_fwd_bytes(1, L, W), true},
       {"WKV-6, H=8, K=64, T=65536 (no bar)", wkv6_runner(8, 64, L), attnkit::wkv6_fwd_bytes(1, L, 8, 64), false},
+      // Not the bars (a user's tensors get 4 KiB pages on this machine, whose THP is "madvise"):
+      // what inputs on transparent huge pages gain (THP "always", or MADV_HUGEPAGE).
+      {"selective scan as above, inputs on huge pages (no bar)", scan_runner<HugeVec>(W, 16, L),
+       attnkit::selective_scan_fwd_bytes(1, L, W, 16, true, true), false},
+      {"WKV-4 as above, inputs on huge pages (no bar)", wkv4_runner<HugeVec>(W, L), attnkit::wkv4_fwd_bytes(1, L, W), false},
   };
   for (const B& x : bw) {
     const auto [tc, t] = paired_times(memcpy_runner(), x.run, 7);
