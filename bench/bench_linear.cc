@@ -285,22 +285,22 @@ void bars() {
   const int64_t L = 65536, W = 512;
   struct B {
     const char* name;
-    Runner run;
+    std::function<Runner()> make;  // buffers allocated for the row alone
     double bytes;
     bool bar;
   } bw[] = {
-      {"selective scan, Dch=512, N=16, D and z, L=65536", scan_runner(W, 16, L),
+      {"selective scan, Dch=512, N=16, D and z, L=65536", [&] { return scan_runner(W, 16, L); },
        attnkit::selective_scan_fwd_bytes(1, L, W, 16, true, true), true},
-      {"WKV-4, C=512, T=65536", wkv4_runner(W, L), attnkit::wkv4_fwd_bytes(1, L, W), true},
-      {"WKV-6, H=8, K=64, T=65536 (no bar)", wkv6_runner(8, 64, L), attnkit::wkv6_fwd_bytes(1, L, 8, 64), false},
+      {"WKV-4, C=512, T=65536", [&] { return wkv4_runner(W, L); }, attnkit::wkv4_fwd_bytes(1, L, W), true},
+      {"WKV-6, H=8, K=64, T=65536 (no bar)", [&] { return wkv6_runner(8, 64, L); }, attnkit::wkv6_fwd_bytes(1, L, 8, 64), false},
       // Not the bars (a user's tensors get 4 KiB pages on this machine, whose THP is "madvise"):
       // what inputs on transparent huge pages gain (THP "always", or MADV_HUGEPAGE).
-      {"selective scan as above, inputs on huge pages (no bar)", scan_runner<HugeVec>(W, 16, L),
+      {"selective scan as above, inputs on huge pages (no bar)", [&] { return scan_runner<HugeVec>(W, 16, L); },
        attnkit::selective_scan_fwd_bytes(1, L, W, 16, true, true), false},
-      {"WKV-4 as above, inputs on huge pages (no bar)", wkv4_runner<HugeVec>(W, L), attnkit::wkv4_fwd_bytes(1, L, W), false},
+      {"WKV-4 as above, inputs on huge pages (no bar)", [&] { return wkv4_runner<HugeVec>(W, L); }, attnkit::wkv4_fwd_bytes(1, L, W), false},
   };
   for (const B& x : bw) {
-    const auto [tc, t] = paired_times(memcpy_runner(), x.run, 7);
+    const auto [tc, t] = paired_times(memcpy_runner(), x.make(), 7);
     const double gbs = x.bytes / t / 1e9, cm = memcpy_gbs(tc);
     std::printf("| %s | %.1f GB/s (%.1f ms) = %.0f%% of memcpy | memcpy %.1f GB/s | %s | %s |\n", x.name, gbs, t * 1e3,
                 100 * gbs / cm, cm, x.bar ? ">= 40%" : "-", x.bar ? (gbs >= 0.4 * cm ? "yes" : "no") : "-");
