@@ -58,6 +58,10 @@ inline int64_t offset3(const TensorView& t, int64_t b, int64_t h, int64_t s) {
   return b * t.strides[0] + h * t.strides[1] + s * t.strides[2];
 }
 
+// The data of an f32 view (already checked to be f32), for kernels that index it themselves.
+inline const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
+inline float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
+
 float load_f32(const TensorView& t, int64_t offset);
 void store_f32(const TensorView& t, int64_t offset, float x);
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/problem.h"
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
 #include "cpu/scan_exp-inl.h"
@@ -26,9 +27,6 @@ using DF = hn::ScalableTag<float>;
 using V = hn::Vec<DF>;
 
 constexpr int64_t kT6 = 16;  // WKV-6 steps per backward chunk
-
-const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
-float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
 
 struct Wkv6Scratch {
   int64_t kp;  // K padded to a multiple of 16

@@ -26,6 +26,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/problem.h"
 #include "core/thread_pool.h"
 #include "cpu/rwkv_kernels.h"
 #include "cpu/prefetch.h"
@@ -49,9 +50,6 @@ constexpr int64_t kT = 64;   // WKV-4 steps per chunk
 // Staging buffers sit kPad floats beyond multiples of their size apart, so that the same row of
 // two buffers does not share its address modulo 4 KiB (a load would wait on an unrelated store).
 constexpr int64_t kPad = 16;
-
-const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
-float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
 
 // Stable merge of e^{x}·A and e^{y}·B: returns m = max(x, y) and the factors ex = e^{x−m},
 // ey = e^{y−m}, one of which is 1: with d = x − y, the other is e^{−|d|}, and d's sign picks.

@@ -19,12 +19,12 @@
 #define HWY_TARGET_INCLUDE "cpu/scan_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "core/problem.h"
 #include "core/thread_pool.h"
 #include "cpu/scan_exp-inl.h"
 #include "cpu/scan_kernels.h"
@@ -46,9 +46,6 @@ constexpr int64_t kGroupBlocks = 16;  // blocks per forward group: [kT][256] sta
 // Staging buffers sit kPad floats beyond multiples of their size apart, so that the same row of
 // two buffers does not share its address modulo 4 KiB (a load would wait on an unrelated store).
 constexpr int64_t kPad = 16;
-
-const float* fptr(const TensorView& t) { return static_cast<const float*>(t.data); }
-float* fptr_mut(const TensorView& t) { return static_cast<float*>(t.data); }
 
 void Stage(const TensorView& src, int64_t b, int64_t t0, int64_t nt, int64_t c0, int64_t nc, float* HWY_RESTRICT dst) {
   stage_rows(src, b, t0, nt, c0, nc, kW, dst);
