@@ -4,8 +4,8 @@
 // and the labs, whose inputs should look like a user's tensors.
 //
 // HugeVec: the same on transparent huge pages (2 MiB aligned and advised with MADV_HUGEPAGE from
-// 4 MiB), as a user gets where THP is "always" or who advises their buffers; on a system whose
-// THP is "madvise" (this one), FVec's tensors get 4 KiB pages.
+// 4 MiB), as a user gets from attnkit::HostBuffer, where THP is "always", or who advises their
+// own buffers; on a system whose THP is "madvise" (this one), FVec's tensors get 4 KiB pages.
 #pragma once
 
 #include <sys/mman.h>

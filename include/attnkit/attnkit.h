@@ -4,6 +4,7 @@
 #include "attnkit/attention.h"
 #include "attnkit/cost.h"
 #include "attnkit/error.h"
+#include "attnkit/host_buffer.h"
 #include "attnkit/kv_cache.h"
 #include "attnkit/linear.h"
 #include "attnkit/mask.h"
