@@ -3,17 +3,18 @@
 // which splits every 64-byte vector block of a row over two cache lines). For the benchmarks
 // and the labs, whose inputs should look like a user's tensors.
 //
-// HugeVec: the same on transparent huge pages (2 MiB aligned and advised with MADV_HUGEPAGE from
-// 4 MiB), as a user gets from attnkit::HostBuffer, where THP is "always", or who advises their
-// own buffers; on a system whose THP is "madvise" (this one), FVec's tensors get 4 KiB pages.
+// HugeVec: the same on transparent huge pages, in an attnkit::HostBuffer (2 MiB aligned and
+// advised with MADV_HUGEPAGE from 4 MiB), as a user gets from it, where THP is "always", or who
+// advises their own buffers; on a system whose THP is "madvise" (this one), FVec's tensors get
+// 4 KiB pages.
 #pragma once
 
-#include <sys/mman.h>
-
 #include <cstddef>
-#include <cstdlib>
+#include <cstdint>
 #include <new>
 #include <vector>
+
+#include "attnkit/host_buffer.h"
 
 namespace attnkit_bench {
 
@@ -30,31 +31,16 @@ struct Aligned64 {
 
 using FVec = std::vector<float, Aligned64<float>>;
 
-template <class T>
-struct HugeAligned {
-  using value_type = T;
-  static constexpr size_t kHuge = size_t{2} << 20, kFrom = size_t{4} << 20;
-  HugeAligned() = default;
-  template <class U>
-  HugeAligned(const HugeAligned<U>&) {}
-  T* allocate(size_t n) {
-    const size_t bytes = n * sizeof(T);
-    if (bytes < kFrom) return static_cast<T*>(::operator new(bytes, std::align_val_t(64)));
-    void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
-    if (p == nullptr) throw std::bad_alloc();
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t n) {
-    if (n * sizeof(T) < kFrom) {
-      ::operator delete(p, std::align_val_t(64));
-    } else {
-      std::free(p);
-    }
-  }
-  bool operator==(const HugeAligned&) const { return true; }
-};
+// n floats in an attnkit::HostBuffer: the few operations of a vector that the benchmarks use.
+class HugeVec {
+ public:
+  HugeVec() = default;
+  explicit HugeVec(int64_t n) : buf_(n * int64_t{sizeof(float)}) {}
+  float* data() { return static_cast<float*>(buf_.data()); }
+  float& operator[](int64_t i) { return data()[i]; }
 
-using HugeVec = std::vector<float, HugeAligned<float>>;
+ private:
+  attnkit::HostBuffer buf_;
+};
 
 }  // namespace attnkit_bench

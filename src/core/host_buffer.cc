@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "attnkit/error.h"
@@ -49,18 +50,18 @@ TensorView HostBuffer::view(DType dtype, std::initializer_list<int64_t> dims) co
     throw Error(fmt::format("HostBuffer::view: 1 to {} dimensions expected, given {}", TensorView::kMaxDims,
                             dims.size()));
   }
-  bool fits = true;
-  int64_t need = dtype_size(dtype);
   for (int64_t d : dims) {
     if (d < 0) throw Error(fmt::format("HostBuffer::view: dimensions must be >= 0, given [{}]", fmt::join(dims, ", ")));
-    if (d > 0 && need > bytes_ / d) fits = false;  // need · d > bytes_, found without overflow
-    if (fits) need *= d;
   }
-  bool empty = false;
-  for (int64_t d : dims) empty = empty || d == 0;
-  if (!fits && !empty) {
-    throw Error(fmt::format("HostBuffer::view: [{}] {} needs more than the buffer's {} bytes", fmt::join(dims, ", "),
-                            to_string(dtype), bytes_));
+  if (std::find(dims.begin(), dims.end(), 0) == dims.end()) {  // an empty view needs no bytes
+    int64_t need = dtype_size(dtype);
+    for (int64_t d : dims) {
+      if (need > bytes_ / d) {  // need · d > bytes_, found without overflow
+        throw Error(fmt::format("HostBuffer::view: [{}] {} needs more than the buffer's {} bytes",
+                                fmt::join(dims, ", "), to_string(dtype), bytes_));
+      }
+      need *= d;
+    }
   }
   return TensorView(data_, dtype, dims);
 }
