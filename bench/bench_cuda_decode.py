@@ -414,8 +414,8 @@ def main():
         keys = ["ours_seq_pages_us", "ours_interleaved_us", "ours_churned_us", "ours_us"]
         times = [r[key] for key in keys]
         # the median of the rounds' ratios where cuDNN ran in the rounds, else the fastest peer's
-        ratios = [statistics.median(r[key.replace("_us", "_ratios")]) if "cudnn_us" in r["rounds"]
-                  and r["rounds"]["cudnn_us"] else peer / r[key] for key in keys]
+        ratios = [statistics.median(r[key.replace("_us", "_ratios")]) if r["rounds"]["cudnn_us"] else peer / r[key]
+                  for key in keys]
         slowest = max(times[:3])
         share = r["bytes"] / (slowest * 1e-6) / 1e9 / copy
         bar = "yes" if min(ratios[:3]) >= BAR_PEER and share >= BAR_COPY else "NO"
