@@ -27,13 +27,26 @@ std::string slurp(const fs::path& p) {
   return s.str();
 }
 
+// This process's scratch folder, removed when the process exits (ctest runs each test in a
+// process of its own).
+class Scratch {
+ public:
+  Scratch() : dir_(fs::temp_directory_path() / ("attnkit_cli_test_" + std::to_string(::getpid()))) {
+    fs::create_directories(dir_);
+  }
+  ~Scratch() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  const fs::path& dir() const { return dir_; }
+
+ private:
+  fs::path dir_;
+};
+
 fs::path scratch() {
-  static const fs::path dir = [] {
-    const fs::path d = fs::temp_directory_path() / ("attnkit_cli_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
+  static const Scratch s;
+  return s.dir();
 }
 
 Result run(const std::string& args) {
