@@ -140,6 +140,23 @@ def paged(B, N, gen, ps=PS, contiguous=True):
     return pool, table, k, v
 
 
+def decode_problem(B, N, gen):
+    """The bar's inputs for B sequences of N keys: the pool (pages in random order), its table, the
+    same K, V contiguous for torch, q as torch takes it [B, Hq, 1, D] and as ours [B, 1, Hq, D],
+    and the float64 reference."""
+    pool, table, k, v = paged(B, N, gen)
+    q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return pool, table, k, v, q, q.transpose(1, 2).contiguous(), reference(q, k, v)
+
+
+def moved(pool, table, pages, dest):
+    """A pool of `pages` pages holding pool's values at the pages dest (a table of table's shape)
+    names, zeros elsewhere: the same K and V in another layout, so that the reference holds."""
+    out = torch.zeros(pages, *pool.shape[1:], device="cuda", dtype=pool.dtype)
+    out[dest.long().view(-1)] = pool[table.long().view(-1)]
+    return out
+
+
 def churned_table(B, P, rng):
     """The page table that KVCache's allocator (lowest free page first) gives B sequences of P
     pages each, growing together one page per sequence in turn, in a pool of 2·B·P pages that 64
@@ -204,12 +221,9 @@ def time_peers(q, k, v, ref, reps, backends):
 
 
 def bench_shape(lib, B, N, reps, rounds, variants, gen):
-    pool, table, k, v = paged(B, N, gen)
-    q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen)
-    q_ours = q.transpose(1, 2).contiguous()  # [B, 1, Hq, D]
+    pool, table, k, v, q, q_ours, ref = decode_problem(B, N, gen)
     out = torch.full_like(q_ours, float("nan"))
     lse = torch.full((B, HQ, 1), float("nan"), device="cuda")
-    ref = reference(q, k, v)
     r = dict(B=B, N=N, bytes=2 * B * N * HKV * D * 2)
     auto = Decode(lib, pool, table, [0] * B, [N] * B, 1)
     auto.run(q_ours, out, lse)
@@ -234,8 +248,7 @@ def bench_shape(lib, B, N, reps, rounds, variants, gen):
     # Churned: the same values moved to the pages KVCache's allocator gives after churn, so that
     # the reference still holds (checked).
     M, ctable = churned_table(B, P, random.Random(B * N))
-    cpool = torch.zeros(M, *pool.shape[1:], device="cuda", dtype=pool.dtype)
-    cpool[ctable.long().view(-1)] = pool[table.long().view(-1)]
+    cpool = moved(pool, table, M, ctable)
     churned = Decode(lib, cpool, ctable, [0] * B, [N] * B, 1)
     out.fill_(float("nan"))
     churned.run(q_ours, out)

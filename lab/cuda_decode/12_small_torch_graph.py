@@ -17,7 +17,7 @@ HQ, HKV, D = 32, 8, 128
 SMALL = [(1, 256), (1, 4096), (8, 2048), (32, 256), (32, 1024)]
 
 
-def graph_us(fn, calls=16, reps=30):
+def graph_us(fn, calls=16, reps=30, capture_error_mode="global"):
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -25,7 +25,7 @@ def graph_us(fn, calls=16, reps=30):
             fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, capture_error_mode=capture_error_mode):
         for _ in range(calls):
             fn()
     for _ in range(3):

@@ -35,15 +35,11 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(22)
     print(torch.cuda.get_device_name(), "copy GB/s", round(bcd.copy_bandwidth(20)))
     for B, N in bcd.SHAPES:
-        pool, table, k, v = bcd.paged(B, N, gen)
-        q = torch.randn(B, bcd.HQ, 1, bcd.D, device="cuda", dtype=torch.bfloat16, generator=gen)
-        qo = q.transpose(1, 2).contiguous()
-        ref = bcd.reference(q, k, v)
+        pool, table, k, v, q, qo, ref = bcd.decode_problem(B, N, gen)
         P = table.shape[1]
         ident = torch.arange(B * P, device="cuda", dtype=torch.int32)
         M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = torch.zeros(M, *pool.shape[1:], device="cuda", dtype=pool.dtype)
-        cpool[ctable.long().view(-1)] = pool[table.long().view(-1)]
+        cpool = bcd.moved(pool, table, M, ctable)
         layouts = {"physical": (pool, ident.view(B, P).contiguous()),
                    "interleaved": (pool, ident.view(P, B).t().contiguous()),
                    "churned": (cpool, ctable), "random": (pool, table)}

@@ -40,12 +40,8 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(23)
     print(torch.cuda.get_device_name(), "copy GB/s", round(bcd.copy_bandwidth(20)))
     for B, N in bcd.SHAPES:
-        pool, table, k, v = bcd.paged(B, N, gen)
-        q = torch.randn(B, bcd.HQ, 1, bcd.D, device="cuda", dtype=torch.bfloat16, generator=gen)
-        qo = q.transpose(1, 2).contiguous()
-        ref = bcd.reference(q, k, v)
+        pool, table, k, v, q, qo, ref = bcd.decode_problem(B, N, gen)
         P = table.shape[1]
-        src = table.long().view(-1)
         tables = {"physical": (B * P, torch.arange(B * P, device="cuda", dtype=torch.int32).view(B, P)),
                   "churned": bcd.churned_table(B, P, random.Random(B * N))}
         for R in RUNS:
@@ -56,8 +52,7 @@ def main():
         M = max(m for m, _ in tables.values())
         cpools = {}
         for name, (m, tb) in tables.items():
-            cp = torch.zeros(m, *pool.shape[1:], device="cuda", dtype=pool.dtype)
-            cp[tb.long().view(-1)] = pool[src]
+            cp = bcd.moved(pool, table, m, tb)
             d = bcd.Decode(lib, cp, tb.contiguous(), [0] * B, [N] * B, 1)
             out.fill_(float("nan"))
             d.run(qo, out)

@@ -55,19 +55,14 @@ def run(lib, rounds, shapes, title, env=None):
     for (B, N) in bcd.SHAPES:
         if B not in shapes:
             continue
-        pool, table, k, v = bcd.paged(B, N, gen)
-        q = torch.randn(B, bcd.HQ, 1, bcd.D, device="cuda", dtype=torch.bfloat16, generator=gen)
-        q_ours = q.transpose(1, 2).contiguous()
+        pool, table, k, v, q, q_ours, ref = bcd.decode_problem(B, N, gen)
         out = torch.full_like(q_ours, float("nan"))
-        ref = bcd.reference(q, k, v)
         P = table.shape[1]
         # Physical order: the same values moved to pages in sequence order.
-        ppool = torch.empty_like(pool)
-        ppool[torch.arange(B * P, device="cuda")] = pool[table.long().view(-1)]
         ptable = torch.arange(B * P, device="cuda", dtype=torch.int32).view(B, P).contiguous()
+        ppool = bcd.moved(pool, table, B * P, ptable)
         M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = torch.zeros(M, *pool.shape[1:], device="cuda", dtype=pool.dtype)
-        cpool[ctable.long().view(-1)] = pool[table.long().view(-1)]
+        cpool = bcd.moved(pool, table, M, ctable)
         del pool, table
         entries = {}
         for name, t in shapes[B]:

@@ -13,6 +13,7 @@ Small shapes: 16 calls captured in a CUDA graph (no launch gaps, no host time), 
 beside torch's cuDNN backend captured the same way; every output checked against the float64
 reference.
 """
+import importlib.util
 import os
 import random
 import statistics
@@ -24,32 +25,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import bench_cuda_decode as bcd  # noqa: E402
 from torch.nn.attention import SDPBackend  # noqa: E402
 
-SMALL = [(1, 256), (1, 4096), (8, 2048), (32, 256), (32, 1024)]
+_spec = importlib.util.spec_from_file_location(
+    "lab12", os.path.join(os.path.dirname(os.path.abspath(__file__)), "12_small_torch_graph.py"))
+lab12 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lab12)
 
 
-def graph_us(fn, calls=16, reps=20):
-    """µs per call of `calls` captured calls, median over reps replays."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, capture_error_mode="relaxed"):
-        for _ in range(calls):
-            fn()
-    for _ in range(3):
-        g.replay()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(ts)
+def graph_us(fn):
+    """µs per call of 16 calls captured in a CUDA graph (lab 12), median over 20 replays; relaxed
+    capture, since run_decode checks its pointers (cudaPointerGetAttributes) on the host."""
+    return lab12.graph_us(fn, reps=20, capture_error_mode="relaxed")
 
 
 def main():
@@ -60,18 +45,13 @@ def main():
     print(f"# lab cuda_decode 29 on {torch.cuda.get_device_name()}, torch {torch.__version__}; copy "
           f"{bcd.copy_bandwidth(reps):.0f} GB/s; {rounds} rounds")
     for (B, N) in bcd.SHAPES:
-        pool, table, k, v = bcd.paged(B, N, gen)
-        q = torch.randn(B, bcd.HQ, 1, bcd.D, device="cuda", dtype=torch.bfloat16, generator=gen)
-        q_ours = q.transpose(1, 2).contiguous()
+        pool, table, k, v, q, q_ours, ref = bcd.decode_problem(B, N, gen)
         out = torch.full_like(q_ours, float("nan"))
-        ref = bcd.reference(q, k, v)
         P = table.shape[1]
-        ppool = torch.empty_like(pool)
-        ppool[torch.arange(B * P, device="cuda")] = pool[table.long().view(-1)]
         ptable = torch.arange(B * P, device="cuda", dtype=torch.int32).view(B, P).contiguous()
+        ppool = bcd.moved(pool, table, B * P, ptable)
         M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = torch.zeros(M, *pool.shape[1:], device="cuda", dtype=pool.dtype)
-        cpool[ctable.long().view(-1)] = pool[table.long().view(-1)]
+        cpool = bcd.moved(pool, table, M, ctable)
         del pool, table
         entries = {}
         for which, lib in libs.items():
@@ -99,11 +79,8 @@ def main():
         torch.cuda.empty_cache()
 
     print("\n## small shapes, CUDA graph of 16 calls, µs per call (pages in random order)")
-    for (B, N) in SMALL:
-        pool, table, k, v = bcd.paged(B, N, gen)
-        q = torch.randn(B, bcd.HQ, 1, bcd.D, device="cuda", dtype=torch.bfloat16, generator=gen)
-        q_ours = q.transpose(1, 2).contiguous()
-        ref = bcd.reference(q, k, v)
+    for (B, N) in lab12.SMALL:
+        pool, table, k, v, q, q_ours, ref = bcd.decode_problem(B, N, gen)
         row = [f"{B} × {N}:"]
         for which, lib in libs.items():
             dec = bcd.Decode(lib, pool, table, [0] * B, [N] * B, 1)
