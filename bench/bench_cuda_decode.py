@@ -55,7 +55,7 @@ class Decode:
     """A handle of bench_decode_capi.cc: the view, plan and launch shape of one batch."""
 
     def __init__(self, lib, pool, table, key_begin, key_end, nq, warps=0, stages=0, chunk_keys=0, l2_prefetch=-1,
-                 head_warps=-1, ctas_per_sm=0):
+                 head_warps=-1, ctas_per_sm=0, early_refill=-1):
         self.lib = lib
         self.keep = (pool, table)  # the library holds their addresses: keep them alive with the handle
         self.err = ctypes.create_string_buffer(1024)
@@ -66,14 +66,14 @@ class Decode:
         self.h = lib.ak_decode_new(ctypes.c_void_p(pool.data_ptr()), ctypes.c_void_p(table.data_ptr()),
                                    ctypes.c_longlong(table.shape[1]), ctypes.c_longlong(num_pages), layers, hkv, d,
                                    ps, int(pool.dtype == torch.float16), S, kb, ke, nq, HQ, warps, stages,
-                                   ctypes.c_longlong(chunk_keys), l2_prefetch, head_warps, ctas_per_sm, self.err,
-                                   1024)
+                                   ctypes.c_longlong(chunk_keys), l2_prefetch, head_warps, ctas_per_sm, early_refill,
+                                   self.err, 1024)
         if not self.h:
             raise RuntimeError(self.err.value.decode())
-        shape = (ctypes.c_longlong * 10)()
+        shape = (ctypes.c_longlong * 11)()
         self.ws_bytes = lib.ak_decode_shape(ctypes.c_void_p(self.h), shape)
         self.shape = dict(zip(("warps", "stages", "rows", "row_tiles", "chunk_blocks", "max_splits", "chunk_groups", "ctas",
-                                         "l2_prefetch", "head_warps"),
+                                         "l2_prefetch", "head_warps", "early_refill"),
                               list(shape)))
         self.ws = torch.empty(max(self.ws_bytes, 16), dtype=torch.uint8, device="cuda")
 

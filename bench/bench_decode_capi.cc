@@ -39,7 +39,7 @@ extern "C" {
 void* ak_decode_new(const void* pages, const int32_t* table, long long stride, long long num_pages, int layers,
                     int hkv, int d, int ps, int is_f16, int num_seqs, const long long* key_begin,
                     const long long* key_end, int nq, int hq, int warps, int stages, long long chunk_keys, int l2_prefetch,
-                    int head_warps, int ctas_per_sm, char* err, int err_len) {
+                    int head_warps, int ctas_per_sm, int early_refill, char* err, int err_len) {
   auto h = std::make_unique<Handle>();
   const int rc = guarded(err, err_len, [&] {
     attnkit::KVCacheConfig c{.num_layers = layers, .heads_kv = hkv, .head_dim = d, .page_size = ps,
@@ -49,7 +49,7 @@ void* ak_decode_new(const void* pages, const int32_t* table, long long stride, l
     std::vector<attnkit::DecodeRange> ranges;
     for (int s = 0; s < num_seqs; ++s) ranges.push_back({key_begin[s], key_end[s], 0});
     h->plan = attnkit::plan_decode(ranges, nq, hq, hkv, d, ps);
-    h->tuning = {warps, stages, chunk_keys, l2_prefetch, head_warps, ctas_per_sm};
+    h->tuning = {warps, stages, chunk_keys, l2_prefetch, head_warps, ctas_per_sm, early_refill};
     h->dtype = is_f16 ? attnkit::DType::f16 : attnkit::DType::bf16;
     attnkit::cuda_decode_shape(h->kv, h->plan, h->tuning);  // checks the tuning once
   });
@@ -58,15 +58,15 @@ void* ak_decode_new(const void* pages, const int32_t* table, long long stride, l
 
 void ak_decode_free(void* handle) { delete static_cast<Handle*>(handle); }
 
-// Workspace bytes (-1 on error); shape[0..9] = warps, stages, rows per item, row tiles, chunk blocks,
-// max splits, chunk groups (grid y), CTAs, L2 prefetch bytes, head warps.
+// Workspace bytes (-1 on error); shape[0..10] = warps, stages, rows per item, row tiles, chunk blocks,
+// max splits, chunk groups (grid y), CTAs, L2 prefetch bytes, head warps, early refill.
 long long ak_decode_shape(void* handle, long long* shape) {
   auto* h = static_cast<Handle*>(handle);
   try {
     const attnkit::CudaDecodeShape s = attnkit::cuda_decode_shape(h->kv, h->plan, h->tuning);
-    const long long v[10] = {s.warps, s.stages, s.rows_per_item, s.row_tiles, s.chunk_blocks, s.max_splits, s.chunk_groups,
-                             s.ctas, s.l2_prefetch, s.head_warps};
-    for (int i = 0; i < 10; ++i) shape[i] = v[i];
+    const long long v[11] = {s.warps,        s.stages, s.rows_per_item, s.row_tiles,  s.chunk_blocks, s.max_splits,
+                             s.chunk_groups, s.ctas,   s.l2_prefetch,   s.head_warps, s.early_refill};
+    for (int i = 0; i < 11; ++i) shape[i] = v[i];
     return s.workspace_bytes;
   } catch (const std::exception&) {
     return -1;

@@ -90,11 +90,13 @@ void check_geometry(const PagedKVView& kv, const DecodePlan& plan, const char* f
 void check_tuning(const CudaDecodeTuning& t) {
   if (t.warps < 0 || t.warps > 8 || (t.stages != 0 && (t.stages < 2 || t.stages > 4)) || t.chunk_keys < 0 ||
       t.chunk_keys % 16 != 0 || (t.l2_prefetch != -1 && t.l2_prefetch != 0 && t.l2_prefetch != 128 &&
-                                 t.l2_prefetch != 256) || t.head_warps < -1 || t.head_warps > 1 || t.ctas_per_sm < 0) {
+                                 t.l2_prefetch != 256) || t.head_warps < -1 || t.head_warps > 1 || t.ctas_per_sm < 0 ||
+      t.early_refill < -1 || t.early_refill > 1) {
     throw Error(fmt::format("tuning: expected warps 0..8, stages 0 or 2..4, chunk_keys a multiple of 16 (0: "
-                            "automatic), l2_prefetch -1, 0, 128 or 256, head_warps -1..1 and ctas_per_sm >= 0, given "
-                            "{}, {}, {}, {}, {} and {}",
-                            t.warps, t.stages, t.chunk_keys, t.l2_prefetch, t.head_warps, t.ctas_per_sm));
+                            "automatic), l2_prefetch -1, 0, 128 or 256, head_warps -1..1, ctas_per_sm >= 0 and "
+                            "early_refill -1..1, given {}, {}, {}, {}, {}, {} and {}",
+                            t.warps, t.stages, t.chunk_keys, t.l2_prefetch, t.head_warps, t.ctas_per_sm,
+                            t.early_refill));
   }
 }
 
@@ -121,9 +123,11 @@ void check_on_device(const void* p, const char* name) {
 // The launch for a plan. Automatic choices, from measurements on an H100 (docs/benchmarks.md):
 // 4 warps a CTA (fewer when the longest sequence has fewer chunks, so that no CTA holds idle
 // warps' shared memory), 2 pipeline stages, and the shortest chunks whose CTAs are all resident
-// at once. When that still spreads a sequence over several CTAs (few long sequences), a merge
-// kernel follows, and 3 stages with a 256-byte L2 prefetch over one CTA per multiprocessor
-// measured faster than two or three CTAs with more, smaller chunks.
+// at once, each warp refilling a stage after its next block has arrived. When that still
+// spreads a sequence over several CTAs (few long sequences), a merge kernel follows, and one CTA
+// per multiprocessor with a 256-byte L2 prefetch measured faster than two or three CTAs with
+// more, smaller chunks; with one warp per scheduler there, 2 stages refilled as soon as read
+// beat 3 refilled late (lab/cuda_decode 32: 4 × 65536 keys 357 → 352 µs in physical order).
 CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const CudaDecodeTuning& tuning) {
   const KVCacheConfig& c = kv.config;
   const int64_t S = static_cast<int64_t>(plan.ranges.size()), nq = plan.queries_per_seq;
@@ -162,14 +166,18 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
     }
   };
   sh.l2_prefetch = tuning.l2_prefetch >= 0 ? tuning.l2_prefetch : 0;
+  sh.early_refill = tuning.early_refill > 0 ? 1 : 0;
   partition(tuning.stages > 0 ? tuning.stages : 2, tuning.ctas_per_sm);
+  const bool automatic = tuning.warps == 0 && tuning.stages == 0 && tuning.chunk_keys == 0 && tuning.l2_prefetch < 0 &&
+                         tuning.head_warps <= 0 && tuning.ctas_per_sm == 0 && tuning.early_refill < 0;
   if (sh.max_splits > per_cta && tuning.stages == 0 && tuning.ctas_per_sm == 0 && tuning.l2_prefetch < 0 &&
-      tuning.warps == 0 && tuning.head_warps <= 0) {
+      tuning.warps == 0 && tuning.head_warps <= 0 && tuning.early_refill < 0) {
     // Few long sequences: one CTA per multiprocessor, if that still gives every CTA 4 chunks.
     const CudaDecodeShape two = sh;
     const int two_per_cta = per_cta;
-    partition(3, 1);
+    partition(2, 1);
     sh.l2_prefetch = 256;
+    sh.early_refill = 1;
     if (sh.warps != 4 || sh.max_splits < 4 ||
         cuda::decode_ctas(blocks.data(), static_cast<int>(S), sh.units, sh.chunk_blocks, per_cta) >
             cuda::current_device_sms()) {
@@ -184,8 +192,6 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   // that keeps every warp of the call resident (8 a multiprocessor), at most 64 chunks a
   // sequence and every CTA of 4 warps × 2 stages resident: 2.6× faster at 1 × 256 keys, 1.5–2×
   // at 1 × 4096 and 32 × 256.
-  const bool automatic = tuning.warps == 0 && tuning.stages == 0 && tuning.chunk_keys == 0 && tuning.l2_prefetch < 0 &&
-                         tuning.head_warps <= 0 && tuning.ctas_per_sm == 0;
   int64_t total_blocks = 0;
   for (int64_t b : blocks) total_blocks += b;
   const double kv_bytes = 2.0 * static_cast<double>(total_blocks) * 16 * c.heads_kv * c.head_dim * 2;  // bf16/f16
@@ -204,6 +210,7 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
       sh.warps = 4;
       sh.stages = 2;
       sh.l2_prefetch = 0;
+      sh.early_refill = 0;
       sh.chunk_blocks = chunk;
       sh.max_splits = splits;
       per_cta = 4;
@@ -339,6 +346,7 @@ void run_decode_cuda(const PagedKVView& kv, const DecodePlan& plan, int64_t laye
   p.stages = sh.stages;
   p.prefetch = sh.l2_prefetch / 128;
   p.head_warps = sh.head_warps;
+  p.early_refill = sh.early_refill;
   p.scale = params.scale ? *params.scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.scale_log2 = p.scale * 1.44269504088896340736f;
   p.softcap = params.softcap;

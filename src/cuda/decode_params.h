@@ -48,6 +48,7 @@ struct DecodeCommonParams {
   int chunk_blocks, max_splits, warps, stages;
   int prefetch;    // L2 fetch size hint of the cp.async loads: 0 none, 1 128 bytes, 2 256 bytes
   int head_warps;  // 1: a CTA's warps are KV heads of one chunk; 0: chunks of one KV head
+  int early_refill;  // 1: a step refills its own stage once read; 0: the previous step's, after waiting
   float scale, scale_log2, softcap;  // softcap 0: off
 };
 

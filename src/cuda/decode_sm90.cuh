@@ -188,10 +188,17 @@ __device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, i
     advance(cp);
   };
 
-  // The first stages are requested before Q is loaded, so that their latency covers Q's.
+  // The first stages are requested before Q is loaded, so that their latency covers Q's: all
+  // `ns` of them with early refills (see the loops below), ns − 1 otherwise.
   const int steps = b_hi - b_lo;
-  for (int i = 0; i < ns - 1; ++i) issue(next_page(), i);
+  const bool early = p.early_refill != 0;
+  for (int i = 0; i < ns - (early ? 0 : 1); ++i) issue(next_page(), i);
   int next_phys = next_page();
+  auto refill = [&](int slot) {  // with the next block not yet requested
+    const int phys = next_phys;
+    next_phys = next_page();
+    issue(phys, slot);
+  };
 
   // Q as A fragments of S = Q Kᵀ in the permuted d order; rows past p.rows are zero.
   uint32_t qa[kD / 16][4];
@@ -220,18 +227,9 @@ __device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, i
   const int sk = swz(g);                     // K rows g and 8 + g
   const int sv0 = 2 * c, sv1 = (2 * c) ^ 4;  // V rows 2c, 2c + 8 | 2c + 1, 2c + 9
 
-  int use_slot = 0, fill_slot = ns - 1;  // it % ns and (it + ns − 1) % ns
-  for (int it = 0; it < steps; ++it) {
-    wait_pending(ns - 2);
-    __syncwarp();
-    {  // refill the stage that the previous step consumed, with block b_lo + it + ns − 1
-      const int phys = next_phys;
-      next_phys = next_page();
-      issue(phys, fill_slot);
-      fill_slot = fill_slot + 1 == ns ? 0 : fill_slot + 1;
-    }
-    const uint16_t* ks = stage0 + use_slot * kStage;
-    use_slot = use_slot + 1 == ns ? 0 : use_slot + 1;
+  // One step: block b_lo + it from stage `slot` into st.
+  auto step = [&](int it, int slot) {
+    const uint16_t* ks = stage0 + slot * kStage;
     const uint16_t* vs = ks + 16 * kD;
     const int key0 = 16 * (b_lo + it);
 
@@ -328,6 +326,29 @@ __device__ __forceinline__ void stream_item(const P& p, int s, int hk, int rt, i
       const uint32_t a[4] = {lo_pairs(w0, w1), hi_pairs(w0, w1), lo_pairs(w2, w3), hi_pairs(w2, w3)};
 #pragma unroll
       for (int r = 0; r < kRT; ++r) mma16816<kBf16>(st.o[t][r], a, pb[r][0], pb[r][1]);
+    }
+  };
+
+  // Late refill: a step waits for its block, then refills the stage that the previous step
+  // read, so ns − 1 blocks are in flight. Early refill: a step refills its own stage as soon
+  // as it has read it, so all ns are in flight while the warp waits. With 8 warps a
+  // multiprocessor late refill over 2 stages reads fastest; with 4 (one a scheduler), early
+  // refill over 2 stages (lab/cuda_decode 32).
+  if (early) {
+    for (int it = 0, slot = 0; it < steps; ++it, slot = slot + 1 == ns ? 0 : slot + 1) {
+      wait_pending(ns - 1);
+      __syncwarp();
+      step(it, slot);
+      __syncwarp();  // every lane is done reading the stage
+      refill(slot);
+    }
+  } else {
+    for (int it = 0, slot = 0; it < steps; ++it) {
+      wait_pending(ns - 2);
+      __syncwarp();
+      refill(slot == 0 ? ns - 1 : slot - 1);  // the stage the previous step read
+      step(it, slot);
+      slot = slot + 1 == ns ? 0 : slot + 1;
     }
   }
   wait_pending(0);

@@ -117,7 +117,8 @@ struct Case {
   int64_t window = 0;
   float softcap = 0;
   CudaDecodeTuning tuning{};
-  bool padded_q = false;  // q and out as views with gaps
+  bool padded_q = false;          // q and out as views with gaps
+  int expect_early_refill = -1;   // the automatic shape's refill, where the case checks it
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -158,6 +159,9 @@ TEST_P(CudaDecode, MatchesReference) {
   cudaMemcpy(lse.mem.data(), dlse.p, lse.mem.size(), cudaMemcpyDeviceToHost);
   if (c.tuning.chunk_keys > 0) {
     EXPECT_GT(shape.max_splits, 1) << "the case should exercise the combine";
+  }
+  if (c.expect_early_refill >= 0) {
+    EXPECT_EQ(shape.early_refill, c.expect_early_refill);
   }
 
   for (int64_t s = 0; s < S; ++s) {
@@ -230,6 +234,20 @@ std::vector<Case> cases() {
       {.name = "heads_in_cta_ragged_group", .lengths = {700, 5}, .nq = 2, .Hq = 6, .Hkv = 3,
        .tuning = {.warps = 2, .chunk_keys = 128, .head_warps = 1}},
       {.name = "l2_prefetch", .lengths = {100, 3000, 17}, .tuning = {.l2_prefetch = 256}},
+      // Early refill (each step refills its own stage once read): the automatic shape for few
+      // long sequences, and forced with each stage count, both merges, a window and head warps.
+      {.name = "few_long_sequences_auto", .lengths = {20000, 18000}, .Hq = 32, .Hkv = 8, .expect_early_refill = 1},
+      {.name = "wide_batch_auto", .lengths = many_lengths(40), .expect_early_refill = 0},
+      {.name = "early_refill_combine", .lengths = {5000, 17, 300},
+       .tuning = {.warps = 4, .stages = 2, .chunk_keys = 256, .early_refill = 1}},
+      {.name = "early_refill_three_stages_f16", .lengths = {1000, 33}, .dtype = KV::f16,
+       .tuning = {.warps = 2, .stages = 3, .chunk_keys = 128, .early_refill = 1}},
+      {.name = "early_refill_four_stages_window", .lengths = {900, 64}, .nq = 2, .D = 64, .window = 200,
+       .tuning = {.warps = 1, .stages = 4, .chunk_keys = 64, .early_refill = 1}},
+      {.name = "early_refill_cta_merge", .lengths = {1000, 300, 5},
+       .tuning = {.warps = 4, .chunk_keys = 256, .early_refill = 1}},
+      {.name = "early_refill_heads_in_cta", .lengths = {1000, 40}, .Hq = 32, .Hkv = 8,
+       .tuning = {.head_warps = 1, .early_refill = 1}},
       {.name = "softcap", .lengths = {80, 600}, .Hq = 4, .Hkv = 1, .softcap = 5.0f},
       {.name = "strided_views", .lengths = {60, 400}, .nq = 2, .padded_q = true},
   };
@@ -341,6 +359,15 @@ TEST(CudaDecodeArgs, BadCallsThrow) {
   const TensorView om(fake(5), DType::bf16, {kMaxCudaDecodeSeqs + 1, 1, 8, 128}, Device::cuda);
   expect_error(kv, many, qm, om, "sequences");
   EXPECT_THROW(plan_decode(std::vector<DecodeRange>{{0, 0}}, 1, 8, 2, 128, 16), Error);
+  for (const CudaDecodeTuning& t : {CudaDecodeTuning{.stages = 5}, CudaDecodeTuning{.early_refill = 2},
+                                    CudaDecodeTuning{.early_refill = -2}}) {
+    try {
+      cuda_decode_shape(kv, plan, t);
+      ADD_FAILURE() << "expected attnkit::Error for a bad tuning";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("early_refill -1..1"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // Host memory where device memory belongs, and a missing workspace (needs a GPU to tell).
