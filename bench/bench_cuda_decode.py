@@ -8,8 +8,8 @@ Decode bar (issue 7): bf16, 32 query / 8 KV heads, head_dim 128, one query token
 that KVCache's allocator (the lowest free page first) hands out: physical order (a fresh pool
 filled one sequence at a time), interleaved (a fresh pool whose sequences grew together) and
 churned (a pool that other sequences filled and left in random order before the batch grew:
-each sequence's pages ascend in runs over the whole pool, see churned_table); the bar holds on
-each of them. Also timed, outside the bar: the same pages in a random permutation (what a
+each sequence's pages ascend in runs over the whole pool, see churned_table); the bar is measured
+on each of them. Also timed, outside the bar: the same pages in a random permutation (what a
 stack of freed pages hands out after churn; every page a jump across 1 GiB, which costs
 2-3 % in address translation). torch reads contiguous [B, H, N, D] K and V
 holding the same values (query length 1, enable_gqa=True). Bytes = K and V read once
