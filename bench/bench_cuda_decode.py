@@ -185,6 +185,20 @@ def churned_table(B, P, rng):
     return M, torch.tensor(table, dtype=torch.int32, device="cuda")
 
 
+def layouts(pool, table, B, N):
+    """The page layouts of the bar for the pool and table of decode_problem, as (pool, table):
+    physical order and interleaved over pool itself (the same bytes read in another order, so
+    the reference does not hold: time them, do not check them), churned (pool's values moved to
+    the pages churned_table names, so the reference holds) and random (pool and table as given)."""
+    P = table.shape[1]
+    ident = torch.arange(B * P, device="cuda", dtype=torch.int32)
+    M, ctable = churned_table(B, P, random.Random(B * N))
+    return {"physical": (pool, ident.view(B, P).contiguous()),
+            "interleaved": (pool, ident.view(P, B).t().contiguous()),
+            "churned": (moved(pool, table, M, ctable), ctable),
+            "random": (pool, table)}
+
+
 def reference(q, k, v):
     """float64 decode attention, GQA: q [B, Hq, 1, D], k, v [B, Hkv, N, D] → [B, Hq, 1, D]."""
     B, G = q.shape[0], HQ // HKV
@@ -247,8 +261,8 @@ def bench_shape(lib, B, N, reps, rounds, variants, gen):
     del d
     # Churned: the same values moved to the pages KVCache's allocator gives after churn, so that
     # the reference still holds (checked).
-    M, ctable = churned_table(B, P, random.Random(B * N))
-    cpool = moved(pool, table, M, ctable)
+    lay = layouts(pool, table, B, N)
+    cpool, ctable = lay["churned"]
     churned = Decode(lib, cpool, ctable, [0] * B, [N] * B, 1)
     out.fill_(float("nan"))
     churned.run(q_ours, out)
@@ -258,8 +272,8 @@ def bench_shape(lib, B, N, reps, rounds, variants, gen):
     # The bar's layouts and cuDNN alternate in rounds, so that the GPU's drift between rounds
     # (clocks, temperature: cuDNN alone moved 356-374 µs between runs) reaches each side alike;
     # a ratio is the median over rounds of that round's cuDNN time / ours.
-    timed = {"ours_seq_pages_us": Decode(lib, pool, ident.view(B, P).contiguous(), [0] * B, [N] * B, 1),
-             "ours_interleaved_us": Decode(lib, pool, ident.view(P, B).t().contiguous(), [0] * B, [N] * B, 1),
+    timed = {"ours_seq_pages_us": Decode(lib, *lay["physical"], [0] * B, [N] * B, 1),
+             "ours_interleaved_us": Decode(lib, *lay["interleaved"], [0] * B, [N] * B, 1),
              "ours_churned_us": churned, "ours_us": auto}
     cudnn_ok = "us" in r["peers"]["cudnn"]
     per_round = {key: [] for key in ["cudnn_us", *timed]}
@@ -297,7 +311,7 @@ def bench_shape(lib, B, N, reps, rounds, variants, gen):
             except RuntimeError as e:
                 r["variants"].append(dict(warps=w, stages=st, chunk_keys=ck, prefetch=pf, head_warps=hw, cap=cap,
                                           error=str(e)[:200]))
-    del pool, table, k, v, ref, cpool, ctable
+    del pool, table, k, v, ref, cpool, ctable, lay
     torch.cuda.empty_cache()
     return r
 

@@ -12,7 +12,6 @@ usage: 22_page_ahead.py LIB.so [--rounds R] [--reps N]
 """
 import argparse
 import os
-import random
 import statistics
 import sys
 
@@ -36,13 +35,7 @@ def main():
     print(torch.cuda.get_device_name(), "copy GB/s", round(bcd.copy_bandwidth(20)))
     for B, N in bcd.SHAPES:
         pool, table, k, v, q, qo, ref = bcd.decode_problem(B, N, gen)
-        P = table.shape[1]
-        ident = torch.arange(B * P, device="cuda", dtype=torch.int32)
-        M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = bcd.moved(pool, table, M, ctable)
-        layouts = {"physical": (pool, ident.view(B, P).contiguous()),
-                   "interleaved": (pool, ident.view(P, B).t().contiguous()),
-                   "churned": (cpool, ctable), "random": (pool, table)}
+        layouts = bcd.layouts(pool, table, B, N)
         handles = {}
         out = torch.empty_like(qo)
         for lname, (pl, tb) in layouts.items():
@@ -70,7 +63,7 @@ def main():
             ratios = [c / t for c, t in zip(cud, ts)]
             print(f"{lname:12s} {m or '-':5s} {statistics.median(ts):9.1f} {min(ts):7.1f} {max(ts):7.1f} "
                   f"{statistics.median(ratios):10.3f} {sum(x >= 1.0 for x in ratios):3d}/{len(ratios)}")
-        del handles, pool, table, k, v, cpool, ctable, ref
+        del handles, pool, table, k, v, ref
         torch.cuda.empty_cache()
 
 

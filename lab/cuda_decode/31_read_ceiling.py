@@ -20,7 +20,6 @@ round's ratio.
 """
 import ctypes
 import os
-import random
 import statistics
 import sys
 
@@ -44,13 +43,7 @@ def main():
         pool, table, k, v, q, q_ours, ref = bcd.decode_problem(B, N, gen)
         out = torch.full_like(q_ours, float("nan"))
         P = table.shape[1]
-        ident = torch.arange(B * P, device="cuda", dtype=torch.int32)
-        M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = bcd.moved(pool, table, M, ctable)
-        layouts = {"physical": (pool, ident.view(B, P).contiguous()),
-                   "interleaved": (pool, ident.view(P, B).t().contiguous()),
-                   "churned": (cpool, ctable),
-                   "random": (pool, table)}
+        layouts = bcd.layouts(pool, table, B, N)
         entries = {}
         for name, (pl, tb) in layouts.items():
             dec = bcd.Decode(lib, pl, tb, [0] * B, [N] * B, 1)
@@ -90,7 +83,7 @@ def main():
             print(f"| {name} | {med(r):.1f} | {med(o):.1f} | {med([c / x for c, x in zip(cud, r)]):.3f} | "
                   f"{med([c / x for c, x in zip(cud, o)]):.3f} | {med([x / y for x, y in zip(r, o)]):.3f} |")
         print("rounds:", {key: [round(t, 1) for t in ts] for key, ts in times.items()})
-        del pool, table, k, v, ref, cpool, ctable, layouts, entries
+        del pool, table, k, v, ref, layouts, entries
         torch.cuda.empty_cache()
 
 

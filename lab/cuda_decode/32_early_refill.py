@@ -27,7 +27,6 @@ rounds; a ratio is the median over rounds of that round's cuDNN time / ours. Eve
 checked against the float64 reference on the churned layout.
 """
 import os
-import random
 import statistics
 import sys
 
@@ -56,13 +55,8 @@ def main():
     for (B, N) in bcd.SHAPES:
         pool, table, k, v, q, q_ours, ref = bcd.decode_problem(B, N, gen)
         out = torch.full_like(q_ours, float("nan"))
-        P = table.shape[1]
-        ident = torch.arange(B * P, device="cuda", dtype=torch.int32)
-        M, ctable = bcd.churned_table(B, P, random.Random(B * N))
-        cpool = bcd.moved(pool, table, M, ctable)
-        layouts = {"physical": (pool, ident.view(B, P).contiguous()),
-                   "interleaved": (pool, ident.view(P, B).t().contiguous()),
-                   "churned": (cpool, ctable)}
+        layouts = bcd.layouts(pool, table, B, N)
+        del layouts["random"]
         timed = {}
         for name, path, tun in entries:
             if name.startswith("b") and "_" in name and name.split("_")[0] != f"b{B}":
@@ -102,7 +96,7 @@ def main():
             print(f"| {name} | " + " | ".join(cells) + " |")
         print("rounds:", {f"{key[0]} {key[1]}" if isinstance(key, tuple) else key: [round(t, 1) for t in ts]
                           for key, ts in times.items()})
-        del pool, table, k, v, ref, cpool, ctable, layouts, timed
+        del pool, table, k, v, ref, layouts, timed
         torch.cuda.empty_cache()
 
 

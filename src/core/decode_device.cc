@@ -168,10 +168,11 @@ CudaDecodeShape shape_of(const PagedKVView& kv, const DecodePlan& plan, const Cu
   sh.l2_prefetch = tuning.l2_prefetch >= 0 ? tuning.l2_prefetch : 0;
   sh.early_refill = tuning.early_refill > 0 ? 1 : 0;
   partition(tuning.stages > 0 ? tuning.stages : 2, tuning.ctas_per_sm);
-  const bool automatic = tuning.warps == 0 && tuning.stages == 0 && tuning.chunk_keys == 0 && tuning.l2_prefetch < 0 &&
-                         tuning.head_warps <= 0 && tuning.ctas_per_sm == 0 && tuning.early_refill < 0;
-  if (sh.max_splits > per_cta && tuning.stages == 0 && tuning.ctas_per_sm == 0 && tuning.l2_prefetch < 0 &&
-      tuning.warps == 0 && tuning.head_warps <= 0 && tuning.early_refill < 0) {
+  // Every choice automatic but (maybe) the chunk length; all of them.
+  const bool free_launch = tuning.warps == 0 && tuning.stages == 0 && tuning.l2_prefetch < 0 && tuning.head_warps <= 0 &&
+                           tuning.ctas_per_sm == 0 && tuning.early_refill < 0;
+  const bool automatic = free_launch && tuning.chunk_keys == 0;
+  if (sh.max_splits > per_cta && free_launch) {
     // Few long sequences: one CTA per multiprocessor, if that still gives every CTA 4 chunks.
     const CudaDecodeShape two = sh;
     const int two_per_cta = per_cta;
